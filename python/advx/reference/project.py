@@ -1,0 +1,42 @@
+"""Plain-PyTorch project_ and pgd_step_ (DESIGN.md's formulas, line for line)."""
+from __future__ import annotations
+
+import torch
+
+
+def per_sample(value, x: torch.Tensor):
+    """A float stays a float; a [B] tensor becomes [B, 1, ..., 1] in x's dtype."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device=x.device, dtype=x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
+    return value
+
+
+def l2_norms(v: torch.Tensor) -> torch.Tensor:
+    return v.reshape(v.shape[0], -1).norm(p=2, dim=1).reshape(-1, *([1] * (v.dim() - 1)))
+
+
+@torch.no_grad()
+def project_(delta: torch.Tensor, eps, norm: str = "linf") -> torch.Tensor:
+    eps = per_sample(eps, delta)
+    if norm == "linf":
+        return delta.copy_(torch.clamp(delta, -eps, eps))
+    if norm == "l2":
+        # a zero delta gives eps/0 = inf, and min(1, inf) = 1 keeps it zero
+        factor = torch.clamp(eps / l2_norms(delta), max=1.0)
+        return delta.mul_(factor)
+    raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
+
+
+@torch.no_grad()
+def pgd_step_(x_adv, grad, x_orig, eps, alpha, norm="linf", bounds=(0.0, 1.0)):
+    eps, alpha = per_sample(eps, x_adv), per_sample(alpha, x_adv)
+    lo, hi = (None, None) if bounds is None else bounds
+    if norm == "linf":
+        delta = torch.clamp(x_adv + alpha * grad.sign() - x_orig, -eps, eps)
+    elif norm == "l2":
+        g = grad / (l2_norms(grad) + 1e-10)
+        delta = (x_adv + alpha * g) - x_orig
+        delta = delta * torch.clamp(eps / l2_norms(delta), max=1.0)
+    else:
+        raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
+    return x_adv.copy_(torch.clamp(x_orig + delta, lo, hi))

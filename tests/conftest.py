@@ -1,0 +1,34 @@
+import pytest
+import torch
+
+import advx  # noqa: F401
+
+
+def _devices():
+    devs = ["cpu"]
+    if torch.cuda.is_available() and advx.build_info()["cuda"]:
+        devs.append("cuda")
+    return devs
+
+
+DEVICES = _devices()
+ALL_DEVICES = ["cpu", "cuda"]
+
+
+def pytest_generate_tests(metafunc):
+    # Tests take a `device` argument; "cuda" is listed always and skipped cleanly
+    # when no GPU (or no CUDA build) is present, so the parametrization is visible.
+    if "device" in metafunc.fixturenames:
+        metafunc.parametrize("device", ALL_DEVICES)
+
+
+@pytest.fixture(autouse=True)
+def _skip_missing_device(request):
+    dev = request.node.callspec.params.get("device") if hasattr(request.node, "callspec") else None
+    if dev is not None and dev not in DEVICES:
+        pytest.skip(f"{dev} not available (no GPU or advx built without CUDA)")
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
