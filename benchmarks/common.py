@@ -1,0 +1,69 @@
+"""Timing helpers shared by the benchmark scripts: medians over repeats, a same-run
+copy of the same bytes as the bandwidth yardstick, and result rows."""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable
+
+import torch
+
+
+def sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_seconds(fn: Callable[[], object], device="cpu", *, warmup: int = 3, reps: int = 25,
+                   min_total: float = 0.25, max_reps: int = 1000) -> float:
+    """Median wall time of fn() after warm-up; repeats at least `reps` times and until
+    `min_total` seconds have been spent (so tiny ops are not timed from a handful of runs)."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    spent = 0.0
+    while len(times) < reps or (spent < min_total and len(times) < max_reps):
+        sync(device)
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        dt = time.perf_counter() - t0
+        times.append(dt)
+        spent += dt
+    return statistics.median(times)
+
+
+def copy_gbps(nbytes: int, device="cpu") -> float:
+    """Effective GB/s of dst.copy_(src) over `nbytes` (read + write counted), the
+    practical limit for a memory-bound op on this machine, measured in this run."""
+    n = max(1, nbytes // 4)
+    src = torch.rand(n, device=device)
+    dst = torch.empty_like(src)
+    t = median_seconds(lambda: dst.copy_(src), device)
+    return 2 * n * 4 / t / 1e9
+
+
+def row(case: str, size: str, impl: str, seconds: float, *, advx_seconds: float | None = None,
+        nbytes: int | None = None, copy: float | None = None) -> dict:
+    """One result row. `ratio` is impl time / advx time (> 1 means advx is faster);
+    `gbps` counts `nbytes` moved; `pct_copy` compares it with the same-run copy."""
+    r = {"case": case, "size": size, "impl": impl, "median_ms": seconds * 1e3}
+    if advx_seconds is not None:
+        r["speedup_of_advx"] = seconds / advx_seconds
+    if nbytes is not None:
+        r["gbps"] = nbytes / seconds / 1e9
+        if copy:
+            r["pct_copy"] = 100.0 * r["gbps"] / copy
+    return r
+
+
+def compare(case: str, size: str, impls: dict[str, Callable[[], object]], device="cpu", *,
+            nbytes: int | None = None, copy: float | None = None, **timing) -> list[dict]:
+    """Time every implementation in `impls` (the first key must be the advx one) in
+    this run and return rows with medians and the speedup of advx over each."""
+    names = list(impls)
+    secs = {name: median_seconds(impls[name], device, **timing) for name in names}
+    base = secs[names[0]]
+    return [row(case, size, name, secs[name], advx_seconds=base, nbytes=nbytes, copy=copy)
+            for name in names]
