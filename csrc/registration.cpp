@@ -20,6 +20,34 @@ TORCH_LIBRARY(advx, m) {
   m.def("edge_energy_backward(Tensor grad_energy, Tensor x) -> Tensor");
 
   // optim/ schemas: BEGIN
+  // Multi-tensor optimizer steps, in place (torch.optim's update rules). Per param i:
+  // grads[i] is divided by grad_scale; found_inf != 0 skips the step (counters too);
+  // lr_tensor, when given, replaces lr; then the constraint: p = clamp(center +
+  // project(p - center, radii[i], constraint_norm), lo, hi) per sample (dim 0), with
+  // centers empty for the origin, radii[i] a [B_i] tensor in the math dtype, and
+  // constraint_norm 'none' (box only) | 'linf' | 'l2'.
+  m.def(
+      "sgd_step_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, "
+      "bool[] init_momentum, *, float lr, float momentum, float dampening, float weight_decay, "
+      "bool nesterov, bool maximize, Tensor? lr_tensor, Tensor? grad_scale, Tensor? found_inf, "
+      "Tensor[] centers, Tensor[] radii, str constraint_norm, float lo, float hi) -> ()");
+  m.def(
+      "adagrad_step_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] state_sums, "
+      "Tensor(c!)[] steps, *, float lr, float lr_decay, float weight_decay, float eps, "
+      "bool maximize, Tensor? lr_tensor, Tensor? grad_scale, Tensor? found_inf, "
+      "Tensor[] centers, Tensor[] radii, str constraint_norm, float lo, float hi) -> ()");
+  m.def(
+      "rmsprop_step_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] square_avgs, "
+      "Tensor(c!)[] grad_avgs, Tensor(d!)[] momentum_buffers, Tensor(e!)[] steps, *, float lr, "
+      "float alpha, float eps, float weight_decay, float momentum, bool centered, bool maximize, "
+      "Tensor? lr_tensor, Tensor? grad_scale, Tensor? found_inf, Tensor[] centers, "
+      "Tensor[] radii, str constraint_norm, float lo, float hi) -> ()");
+  m.def(
+      "adam_step_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
+      "Tensor(c!)[] exp_avg_sqs, Tensor(d!)[] max_exp_avg_sqs, Tensor(e!)[] steps, *, float lr, "
+      "float beta1, float beta2, float weight_decay, float eps, bool amsgrad, bool maximize, "
+      "bool decoupled_weight_decay, Tensor? lr_tensor, Tensor? grad_scale, Tensor? found_inf, "
+      "Tensor[] centers, Tensor[] radii, str constraint_norm, float lo, float hi) -> ()");
   // optim/ schemas: END
 }
 

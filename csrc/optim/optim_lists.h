@@ -1,0 +1,199 @@
+#pragma once
+// Argument checks and working views shared by the CPU and CUDA kernels of the optim
+// ops: what a list of tensors must look like, what a step counter and the constraint
+// arguments must look like, and how every tensor of a call is made walkable with the
+// flat index of its parameter.
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty_like.h>
+#include <c10/util/Exception.h>
+
+#include <cmath>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "common/checks.h"
+
+namespace advx {
+namespace optim {
+
+inline int64_t batch_of(const at::Tensor& t) { return t.dim() == 0 ? 1 : t.size(0); }
+
+// Every param: a dense-or-strided floating tensor with the dtype and device of params[0].
+inline void check_params(at::TensorList params) {
+  for (size_t i = 0; i < params.size(); ++i) {
+    const at::Tensor& p = params[i];
+    TORCH_CHECK(p.defined(), "params[", i, "] is undefined");
+    TORCH_CHECK(p.layout() == at::kStrided, "params[", i, "] must be a dense (strided) tensor");
+    TORCH_CHECK(at::isFloatingType(p.scalar_type()), "params[", i,
+                "] must be a floating point tensor, got ", p.scalar_type());
+    TORCH_CHECK(p.device() == params[0].device(), "params[", i, "] is on ", p.device(),
+                " but params[0] is on ", params[0].device(), " (one call per device)");
+    TORCH_CHECK(p.scalar_type() == params[0].scalar_type(), "params[", i, "] has dtype ",
+                p.scalar_type(), " but params[0] has dtype ", params[0].scalar_type(),
+                " (one call per dtype)");
+  }
+}
+
+// `list` holds one tensor per param with the param's shape, dtype and device; an
+// optional list may also be empty.
+inline void check_list_like(at::TensorList params, at::TensorList list, const char* name,
+                            bool may_be_empty = false) {
+  if (may_be_empty && list.empty()) return;
+  TORCH_CHECK(list.size() == params.size(), name, " has ", list.size(),
+              " tensors but params has ", params.size());
+  for (size_t i = 0; i < list.size(); ++i) {
+    const at::Tensor& t = list[i];
+    const at::Tensor& p = params[i];
+    TORCH_CHECK(t.defined(), name, "[", i, "] is undefined");
+    TORCH_CHECK(t.layout() == at::kStrided, name, "[", i,
+                "] must be a dense (strided) tensor; sparse gradients are not supported");
+    TORCH_CHECK(t.device() == p.device(), name, "[", i, "] is on ", t.device(), " but params[",
+                i, "] is on ", p.device());
+    TORCH_CHECK(t.scalar_type() == p.scalar_type(), name, "[", i, "] has dtype ",
+                t.scalar_type(), " but params[", i, "] has dtype ", p.scalar_type());
+    TORCH_CHECK(t.sizes() == p.sizes(), name, "[", i, "] has shape ", t.sizes(), " but params[",
+                i, "] has shape ", p.sizes());
+  }
+}
+
+// Step counters: one 1-element float32/float64 tensor per param on `device`, all of
+// one dtype (the CUDA kernel reads them through one pointer type).
+inline void check_steps(at::TensorList params, at::TensorList steps, const at::Device& device) {
+  TORCH_CHECK(steps.size() == params.size(), "steps has ", steps.size(),
+              " tensors but params has ", params.size());
+  for (size_t i = 0; i < steps.size(); ++i) {
+    const at::Tensor& s = steps[i];
+    TORCH_CHECK(s.defined() && s.numel() == 1, "steps[", i,
+                "] must be a tensor with one element (the step counter)");
+    TORCH_CHECK(s.scalar_type() == at::kFloat || s.scalar_type() == at::kDouble, "steps[", i,
+                "] must have dtype float32 or float64, got ", s.scalar_type());
+    TORCH_CHECK(s.scalar_type() == steps[0].scalar_type(), "steps[", i, "] has dtype ",
+                s.scalar_type(), " but steps[0] has dtype ", steps[0].scalar_type());
+    TORCH_CHECK(s.device() == device, "steps[", i, "] is on ", s.device(), " but must be on ",
+                device);
+  }
+}
+
+// lr_tensor, grad_scale, found_inf: optional one-element floating tensors on `device`.
+inline void check_scalar_tensor(const std::optional<at::Tensor>& t, const char* name,
+                                const at::Device& device) {
+  if (!t.has_value()) return;
+  TORCH_CHECK(t->defined() && t->numel() == 1, name, " must be a tensor with one element");
+  TORCH_CHECK(at::isFloatingType(t->scalar_type()), name,
+              " must be a floating point tensor, got ", t->scalar_type());
+  TORCH_CHECK(t->device() == device, name, " is on ", t->device(), " but must be on ", device);
+}
+
+enum class Ball { kNone, kLinf, kL2 };
+
+// The constraint of one call. `radii[i]` is params[i]'s per-sample radius ([B_i], in the
+// math dtype); `centers` is empty (center 0) or one tensor like each param.
+struct Constraint {
+  Ball ball = Ball::kNone;
+  bool box = false;  // lo or hi finite
+  double lo = 0, hi = 0;
+  at::TensorList centers;
+  at::TensorList radii;
+  bool active() const { return ball != Ball::kNone || box; }
+  bool has_center() const { return !centers.empty(); }
+};
+
+inline Constraint check_constraint(at::TensorList params, at::TensorList centers,
+                                   at::TensorList radii, const std::string& norm, double lo,
+                                   double hi) {
+  Constraint c;
+  if (norm == "none") {
+    c.ball = Ball::kNone;
+  } else if (norm == "linf") {
+    c.ball = Ball::kLinf;
+  } else if (norm == "l2") {
+    c.ball = Ball::kL2;
+  } else {
+    TORCH_CHECK(false, "constraint_norm must be 'none', 'linf' or 'l2', got '", norm, "'");
+  }
+  TORCH_CHECK(!(lo > hi) && lo == lo && hi == hi, "constraint bounds must satisfy lo <= hi, got (",
+              lo, ", ", hi, ")");
+  c.lo = lo;
+  c.hi = hi;
+  c.box = !(std::isinf(lo) && lo < 0 && std::isinf(hi) && hi > 0);
+  if (c.ball == Ball::kNone) {
+    TORCH_CHECK(centers.empty() && radii.empty(),
+                "centers and radii must be empty when constraint_norm is 'none'");
+    return c;
+  }
+  check_list_like(params, centers, "centers", /*may_be_empty=*/true);
+  TORCH_CHECK(radii.size() == params.size(), "radii has ", radii.size(),
+              " tensors but params has ", params.size(), " (one [B] radius tensor per param)");
+  for (size_t i = 0; i < radii.size(); ++i) {
+    const at::Tensor& r = radii[i];
+    const at::Tensor& p = params[i];
+    const int64_t b = batch_of(p);
+    TORCH_CHECK(r.defined() && r.dim() == 1 && r.size(0) == b, "radii[", i,
+                "] must have shape [", b, "] (one radius per sample of params[", i, "])");
+    TORCH_CHECK(r.device() == p.device(), "radii[", i, "] is on ", r.device(), " but params[",
+                i, "] is on ", p.device());
+    const auto want = p.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+    TORCH_CHECK(r.scalar_type() == want, "radii[", i, "] must have dtype ", want,
+                " for params of dtype ", p.scalar_type(), ", got ", r.scalar_type());
+  }
+  c.centers = centers;
+  c.radii = radii;
+  return c;
+}
+
+// The tensors one call works on. Each tensor of each list is made walkable with the
+// flat index of its param: a param that is not dense (or, under a constraint, not
+// batch-major) is replaced by a contiguous copy, and any other tensor whose strides
+// differ from its param's by a copy in the param's layout. Copies of tensors handed
+// over for update are written back by finish().
+class WorkingLists {
+ public:
+  WorkingLists(at::TensorList params, bool batch_major) {
+    lists_.emplace_back();
+    auto& work = lists_.back();
+    work.reserve(params.size());
+    for (const at::Tensor& p : params) {
+      const bool ok = batch_major ? is_batch_major_dense(p) : p.is_non_overlapping_and_dense();
+      if (ok) {
+        work.push_back(p);
+      } else {
+        work.push_back(p.contiguous());
+        copies_.emplace_back(p, work.back());
+      }
+    }
+  }
+
+  // Adds a list (one tensor per param, or empty); returns its index for get().
+  size_t add(at::TensorList list, bool written) {
+    const auto& params = lists_[0];
+    std::vector<at::Tensor> work;
+    work.reserve(list.size());
+    for (size_t i = 0; i < list.size(); ++i) {
+      const at::Tensor& t = list[i];
+      if (t.strides() == params[i].strides()) {
+        work.push_back(t);
+      } else {
+        work.push_back(at::empty_like(params[i]).copy_(t));
+        if (written) copies_.emplace_back(t, work.back());
+      }
+    }
+    lists_.push_back(std::move(work));
+    return lists_.size() - 1;
+  }
+
+  const std::vector<at::Tensor>& get(size_t list) const { return lists_[list]; }
+
+  void finish() {
+    for (auto& [caller, copy] : copies_) caller.copy_(copy);
+    copies_.clear();
+  }
+
+ private:
+  std::vector<std::vector<at::Tensor>> lists_;
+  std::vector<std::pair<at::Tensor, at::Tensor>> copies_;
+};
+
+}  // namespace optim
+}  // namespace advx
