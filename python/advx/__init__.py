@@ -8,6 +8,8 @@ import torch  # noqa: F401  (loads libtorch before our extension, which has no R
 
 from . import _C  # noqa: F401  (registers torch.ops.advx.*)
 from . import ops, reference
+from . import optim
+from .constraints import Box, LpBall
 
 __version__ = "0.1.0"
 
@@ -17,4 +19,4 @@ def build_info() -> dict:
     return dict(_C.build_info())
 
 
-__all__ = ["ops", "reference", "build_info", "__version__"]
+__all__ = ["ops", "reference", "optim", "LpBall", "Box", "build_info", "__version__"]

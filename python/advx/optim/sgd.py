@@ -1,0 +1,56 @@
+"""advx.optim.SGD: torch.optim.SGD with a fused multi-tensor step."""
+from __future__ import annotations
+
+import torch
+
+from ._base import FusedOptimizerMixin, buckets, constraint_args, lr_args, pick, positions_with_grad
+
+__all__ = ["SGD"]
+
+
+class SGD(FusedOptimizerMixin, torch.optim.SGD):
+    """torch.optim.SGD (same arguments, defaults, state and state_dict) whose step is one
+    fused kernel per parameter group, plus ``constraint=`` (advx.LpBall / advx.Box)
+    applied inside that kernel; see advx.optim.Adam. Sparse gradients are an error."""
+
+    def __init__(self, params, *args, constraint=None, **kwargs):
+        super().__init__(params, *args, **kwargs)
+        self._setup_constraint(constraint)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One optimizer step: one fused sgd_step_ call per (param group, device, dtype)."""
+        if self._differentiable_fallback():
+            return super().step(closure)
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params, grads, momentum_buffers = [], [], []
+            if self._init_group(group, params, grads, momentum_buffers):
+                raise RuntimeError("advx.optim.SGD does not support sparse gradients; use torch.optim.SGD")
+            momentum = float(group["momentum"])
+            new_buffer = [False] * len(params)
+            if momentum != 0:
+                # torch's first step sets the buffer to the gradient: the kernel does that
+                # for the buffers flagged new, which live in the state from now on
+                for i, p in enumerate(params):
+                    if momentum_buffers[i] is None:
+                        new_buffer[i] = True
+                        momentum_buffers[i] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                        self.state[p]["momentum_buffer"] = momentum_buffers[i]
+            positions = positions_with_grad(group)
+            for (device, _), index in buckets(params).items():
+                lr, lr_tensor = lr_args(group["lr"], device)
+                grad_scale, found_inf = self._amp_tensors(device)
+                bucket = pick(params, index)
+                torch.ops.advx.sgd_step_.default(
+                    bucket, pick(grads, index), pick(momentum_buffers, index) if momentum else [],
+                    [new_buffer[i] for i in index] if momentum else [],
+                    lr=lr, momentum=momentum, dampening=float(group["dampening"]),
+                    weight_decay=float(group["weight_decay"]), nesterov=bool(group["nesterov"]),
+                    maximize=bool(group["maximize"]), lr_tensor=lr_tensor,
+                    grad_scale=grad_scale, found_inf=found_inf,
+                    **constraint_args(group, bucket, [positions[i] for i in index]))
+        return loss
