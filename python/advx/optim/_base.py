@@ -55,61 +55,43 @@ class FusedOptimizerMixin:
             raise RuntimeError("constraint= is not supported with differentiable=True")
         return True
 
-    def _amp_tensors(self, device):
+    def _buckets(self, group: dict, tensor_lists: list, steps_at: int | None = None):
+        """Splits the lists _init_group collected (params first) by the params' (device,
+        dtype), as torch does, and yields (lists, indices into params, keyword arguments)
+        for one fused call per bucket: lr, GradScaler tensors and the constraint on that
+        device. Complex tensors are passed as their real views; step counters move to the
+        device once (the kernel reads and increments them there: a step never syncs)."""
+        grouped = self._group_tensors_by_device_and_dtype(tensor_lists, with_indices=True)
+        constraint = group.get("constraint")
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
-        return (None if grad_scale is None else grad_scale.to(device),
-                None if found_inf is None else found_inf.to(device))
+        lr = group["lr"]
+        for (device, dtype), (lists, indices) in grouped.items():
+            lists = [list(tensors) for tensors in lists]
+            if steps_at is not None and device.type != "cpu":
+                lists[steps_at] = self._steps_on(device, lists[0], lists[steps_at])
+            if dtype.is_complex:
+                lists = [ts if j == steps_at else [torch.view_as_real(t) for t in ts] for j, ts in enumerate(lists)]
+            kwargs = dict(lr=0.0, lr_tensor=lr.to(device)) if isinstance(lr, torch.Tensor) else dict(lr=float(lr), lr_tensor=None)
+            kwargs.update(grad_scale=None if grad_scale is None else grad_scale.to(device),
+                          found_inf=None if found_inf is None else found_inf.to(device))
+            if constraint is None:
+                kwargs.update(centers=[], radii=[], constraint_norm="none", lo=-math.inf, hi=math.inf)
+            else:
+                with_grad = [j for j, p in enumerate(group["params"]) if p.grad is not None]
+                centers, radii, norm, lo, hi = constraint.kernel_args(lists[0], [with_grad[i] for i in indices])
+                kwargs.update(centers=centers, radii=radii, constraint_norm=norm, lo=lo, hi=hi)
+            yield lists, indices, kwargs
 
-
-def buckets(params: list) -> dict:
-    """Indices of `params` grouped by (device, dtype): one fused call per bucket."""
-    out: dict = {}
-    for i, p in enumerate(params):
-        out.setdefault((p.device, p.dtype), []).append(i)
-    return out
-
-
-def positions_with_grad(group: dict) -> list:
-    """Positions in group['params'] of the params torch's _init_group collects."""
-    return [j for j, p in enumerate(group["params"]) if p.grad is not None]
-
-
-def real(t):
-    """Complex tensors are updated as their real views, as torch.optim does."""
-    return torch.view_as_real(t) if t is not None and t.is_complex() else t
-
-
-def pick(tensors: list, index: list) -> list:
-    return [real(tensors[i]) for i in index] if tensors else []
-
-
-def device_steps(state: dict, params: list, index: list) -> list:
-    """The step counters of `params[index]` on their params' device (moved there once:
-    the kernel reads and increments them on the device, so a step never syncs)."""
-    steps = []
-    for i in index:
-        p = params[i]
-        st = state[p]
-        if st["step"].device != p.device:
-            st["step"] = st["step"].to(p.device)
-        steps.append(st["step"])
-    return steps
-
-
-def lr_args(lr, device):
-    """(lr float, lr_tensor or None) for the fused ops."""
-    if isinstance(lr, torch.Tensor):
-        return 0.0, lr.to(device)
-    return float(lr), None
-
-
-def constraint_args(group: dict, params: list, positions: list) -> dict:
-    constraint = group.get("constraint")
-    if constraint is None:
-        return dict(centers=[], radii=[], constraint_norm="none", lo=-math.inf, hi=math.inf)
-    centers, radii, norm, lo, hi = constraint.kernel_args(params, positions)
-    return dict(centers=centers, radii=radii, constraint_norm=norm, lo=lo, hi=hi)
+    def _steps_on(self, device, params: list, steps: list) -> list:
+        if all(s.device == device for s in steps):
+            return steps
+        moved = []
+        for p, s in zip(params, steps):
+            if s.device != device:
+                s = self.state[p]["step"] = s.to(device)
+            moved.append(s)
+        return moved
 
 
 def _check_constraint_type(constraint) -> None:

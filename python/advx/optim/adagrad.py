@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ._base import (FusedOptimizerMixin, buckets, constraint_args, device_steps, lr_args, pick,
-                    positions_with_grad)
+from ._base import FusedOptimizerMixin
 
 __all__ = ["Adagrad"]
 
@@ -32,17 +31,8 @@ class Adagrad(FusedOptimizerMixin, torch.optim.Adagrad):
             has_sparse_grad, _ = self._init_group(group, params, grads, state_sums, steps)
             if has_sparse_grad:
                 raise RuntimeError("advx.optim.Adagrad does not support sparse gradients; use torch.optim.Adagrad")
-            positions = positions_with_grad(group)
-            for (device, _), index in buckets(params).items():
-                lr, lr_tensor = lr_args(group["lr"], device)
-                grad_scale, found_inf = self._amp_tensors(device)
-                bucket = pick(params, index)
+            for lists, _, kwargs in self._buckets(group, [params, grads, state_sums, steps], steps_at=3):
                 torch.ops.advx.adagrad_step_.default(
-                    bucket, pick(grads, index), pick(state_sums, index),
-                    device_steps(self.state, params, index),
-                    lr=lr, lr_decay=float(group["lr_decay"]),
-                    weight_decay=float(group["weight_decay"]), eps=float(group["eps"]),
-                    maximize=bool(group["maximize"]), lr_tensor=lr_tensor,
-                    grad_scale=grad_scale, found_inf=found_inf,
-                    **constraint_args(group, bucket, [positions[i] for i in index]))
+                    *lists, lr_decay=float(group["lr_decay"]), weight_decay=float(group["weight_decay"]),
+                    eps=float(group["eps"]), maximize=bool(group["maximize"]), **kwargs)
         return loss

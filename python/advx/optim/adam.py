@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ._base import (FusedOptimizerMixin, buckets, constraint_args, device_steps, lr_args, pick,
-                    positions_with_grad)
+from ._base import FusedOptimizerMixin
 
 __all__ = ["Adam", "AdamW"]
 
@@ -22,21 +21,14 @@ class _FusedAdamStep(FusedOptimizerMixin):
         for group in self.param_groups:
             params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps = [], [], [], [], [], []
             self._init_group(group, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps)
-            positions = positions_with_grad(group)
             beta1, beta2 = group["betas"]
-            for (device, _), index in buckets(params).items():
-                lr, lr_tensor = lr_args(group["lr"], device)
-                grad_scale, found_inf = self._amp_tensors(device)
-                bucket = pick(params, index)
+            for lists, _, kwargs in self._buckets(
+                    group, [params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps], steps_at=5):
                 torch.ops.advx.adam_step_.default(
-                    bucket, pick(grads, index), pick(exp_avgs, index), pick(exp_avg_sqs, index),
-                    pick(max_exp_avg_sqs, index), device_steps(self.state, params, index),
-                    lr=lr, beta1=float(beta1), beta2=float(beta2),
+                    *lists, beta1=float(beta1), beta2=float(beta2),
                     weight_decay=float(group["weight_decay"]), eps=float(group["eps"]),
                     amsgrad=bool(group["amsgrad"]), maximize=bool(group["maximize"]),
-                    decoupled_weight_decay=bool(group.get("decoupled_weight_decay", False)),
-                    lr_tensor=lr_tensor, grad_scale=grad_scale, found_inf=found_inf,
-                    **constraint_args(group, bucket, [positions[i] for i in index]))
+                    decoupled_weight_decay=bool(group.get("decoupled_weight_decay", False)), **kwargs)
         return loss
 
 

@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ._base import (FusedOptimizerMixin, buckets, constraint_args, device_steps, lr_args, pick,
-                    positions_with_grad)
+from ._base import FusedOptimizerMixin
 
 __all__ = ["RMSprop"]
 
@@ -30,18 +29,10 @@ class RMSprop(FusedOptimizerMixin, torch.optim.RMSprop):
         for group in self.param_groups:
             params, grads, square_avgs, momentum_buffers, grad_avgs, steps = [], [], [], [], [], []
             self._init_group(group, params, grads, square_avgs, momentum_buffers, grad_avgs, steps)
-            positions = positions_with_grad(group)
-            momentum = float(group["momentum"])
-            for (device, _), index in buckets(params).items():
-                lr, lr_tensor = lr_args(group["lr"], device)
-                grad_scale, found_inf = self._amp_tensors(device)
-                bucket = pick(params, index)
+            for lists, _, kwargs in self._buckets(
+                    group, [params, grads, square_avgs, grad_avgs, momentum_buffers, steps], steps_at=5):
                 torch.ops.advx.rmsprop_step_.default(
-                    bucket, pick(grads, index), pick(square_avgs, index), pick(grad_avgs, index),
-                    pick(momentum_buffers, index), device_steps(self.state, params, index),
-                    lr=lr, alpha=float(group["alpha"]), eps=float(group["eps"]),
-                    weight_decay=float(group["weight_decay"]), momentum=momentum,
-                    centered=bool(group["centered"]), maximize=bool(group["maximize"]),
-                    lr_tensor=lr_tensor, grad_scale=grad_scale, found_inf=found_inf,
-                    **constraint_args(group, bucket, [positions[i] for i in index]))
+                    *lists, alpha=float(group["alpha"]), eps=float(group["eps"]),
+                    weight_decay=float(group["weight_decay"]), momentum=float(group["momentum"]),
+                    centered=bool(group["centered"]), maximize=bool(group["maximize"]), **kwargs)
         return loss

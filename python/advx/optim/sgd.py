@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ._base import FusedOptimizerMixin, buckets, constraint_args, lr_args, pick, positions_with_grad
+from ._base import FusedOptimizerMixin
 
 __all__ = ["SGD"]
 
@@ -31,26 +31,20 @@ class SGD(FusedOptimizerMixin, torch.optim.SGD):
             if self._init_group(group, params, grads, momentum_buffers):
                 raise RuntimeError("advx.optim.SGD does not support sparse gradients; use torch.optim.SGD")
             momentum = float(group["momentum"])
-            new_buffer = [False] * len(params)
+            new_buffer = []
             if momentum != 0:
                 # torch's first step sets the buffer to the gradient: the kernel does that
                 # for the buffers flagged new, which live in the state from now on
+                new_buffer = [buf is None for buf in momentum_buffers]
                 for i, p in enumerate(params):
-                    if momentum_buffers[i] is None:
-                        new_buffer[i] = True
+                    if new_buffer[i]:
                         momentum_buffers[i] = torch.zeros_like(p, memory_format=torch.preserve_format)
                         self.state[p]["momentum_buffer"] = momentum_buffers[i]
-            positions = positions_with_grad(group)
-            for (device, _), index in buckets(params).items():
-                lr, lr_tensor = lr_args(group["lr"], device)
-                grad_scale, found_inf = self._amp_tensors(device)
-                bucket = pick(params, index)
+            for lists, indices, kwargs in self._buckets(group, [params, grads, momentum_buffers]):
+                params_b, grads_b, bufs_b = lists
+                init = [new_buffer[i] for i in indices] if new_buffer else []
                 torch.ops.advx.sgd_step_.default(
-                    bucket, pick(grads, index), pick(momentum_buffers, index) if momentum else [],
-                    [new_buffer[i] for i in index] if momentum else [],
-                    lr=lr, momentum=momentum, dampening=float(group["dampening"]),
-                    weight_decay=float(group["weight_decay"]), nesterov=bool(group["nesterov"]),
-                    maximize=bool(group["maximize"]), lr_tensor=lr_tensor,
-                    grad_scale=grad_scale, found_inf=found_inf,
-                    **constraint_args(group, bucket, [positions[i] for i in index]))
+                    params_b, grads_b, bufs_b, init, momentum=momentum,
+                    dampening=float(group["dampening"]), weight_decay=float(group["weight_decay"]),
+                    nesterov=bool(group["nesterov"]), maximize=bool(group["maximize"]), **kwargs)
         return loss
