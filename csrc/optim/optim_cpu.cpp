@@ -1,6 +1,6 @@
 // CPU kernels of sgd_step_, adagrad_step_, rmsprop_step_ and adam_step_: a
 // multi-tensor apply over optim_math.h. All tensors of a call are cut into fixed-size
-// chunks of their concatenation and walked by ONE at::parallel_for (one parallel region
+// chunks of their concatenation and walked in ONE at::parallel_for (one parallel region
 // per call rather than one per tensor, which is what costs torch's per-tensor kernels
 // time on lists of many small tensors). The constraint is fused: L-inf and the box in
 // the same loop, L2 as a deterministic per-sample norm pass plus a scale pass after it.
@@ -12,6 +12,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <limits>
 #include <optional>
@@ -32,24 +33,33 @@ using at::TensorList;
 
 // ------------------------------------------------------------------ the walk
 
-// Elements per task of the one parallel region: big enough to amortize scheduling,
+// Elements per chunk of the one parallel region: big enough to amortize the hand-out,
 // small enough that a ResNet-sized list spreads over every core.
 constexpr int64_t kChunk = 1 << 15;
 
 // Calls body(i, begin, end) for every piece [begin, end) of tensor i's flat index that
-// falls into one chunk of the concatenated index space.
+// falls into one chunk of the concatenated index space. Chunks are handed out one at a
+// time inside ONE at::parallel_for region (dynamic scheduling: on a shared machine a
+// thread that loses its core for a while does not hold the others back); which thread
+// updates which chunk does not change any result.
 template <typename F>
 void for_each_chunk_piece(const std::vector<int64_t>& offsets, const F& body) {
   const int64_t total = offsets.back();
   if (total == 0) return;
-  at::parallel_for(0, total, kChunk, [&](int64_t begin, int64_t end) {
-    // the tensor holding `begin`: the last i with offsets[i] <= begin < offsets[i + 1]
-    size_t i = std::upper_bound(offsets.begin(), offsets.end(), begin) - offsets.begin() - 1;
-    while (begin < end) {
-      const int64_t stop = std::min(end, offsets[i + 1]);
-      if (stop > begin) body(i, begin - offsets[i], stop - offsets[i]);
-      begin = stop;
-      ++i;
+  const int64_t chunks = (total + kChunk - 1) / kChunk;
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, chunks, 1, [&](int64_t, int64_t) {
+    for (int64_t c = next.fetch_add(1); c < chunks; c = next.fetch_add(1)) {
+      int64_t begin = c * kChunk;
+      const int64_t end = std::min(total, begin + kChunk);
+      // the tensor holding `begin`: the last i with offsets[i] <= begin < offsets[i + 1]
+      size_t i = std::upper_bound(offsets.begin(), offsets.end(), begin) - offsets.begin() - 1;
+      while (begin < end) {
+        const int64_t stop = std::min(end, offsets[i + 1]);
+        if (stop > begin) body(i, begin - offsets[i], stop - offsets[i]);
+        begin = stop;
+        ++i;
+      }
     }
   });
 }

@@ -61,7 +61,12 @@ class FusedOptimizerMixin:
         for one fused call per bucket: lr, GradScaler tensors and the constraint on that
         device. Complex tensors are passed as their real views; step counters move to the
         device once (the kernel reads and increments them there: a step never syncs)."""
-        grouped = self._group_tensors_by_device_and_dtype(tensor_lists, with_indices=True)
+        params = tensor_lists[0]
+        keys = self._group_tensors_by_device_and_dtype([params]) if params else {}
+        if len(keys) == 1:  # the usual case, without splitting every list
+            grouped = {next(iter(keys)): (tensor_lists, range(len(params)))}
+        else:
+            grouped = self._group_tensors_by_device_and_dtype(tensor_lists, with_indices=True)
         constraint = group.get("constraint")
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
