@@ -8,6 +8,8 @@ fused multi-tensor kernel per parameter group (advx.ops.*_step_), which also hon
 GradScaler, keeps the step counters on the parameters' device (no host sync, so a step
 can be captured in a CUDA graph), and applies ``constraint=`` (advx.LpBall, advx.Box)
 inside the same kernel: projected gradient descent with any of these optimizers.
+With GradScaler the kernel divides the gradients by the scale as it reads them and
+leaves ``.grad`` as it was (torch's fused optimizers unscale ``.grad`` in place).
 
 The course notes write some rules differently; the mapping to these classes:
 
