@@ -9,10 +9,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["DigitsCNN", "default_cache_dir", "train_digits_cnn", "digits_accuracy", "load_model"]
+__all__ = ["DigitsCNN", "default_cache_dir", "digits_cnn_path", "train_digits_cnn", "digits_accuracy", "load_model"]
 
 # Bump when the architecture or the training recipe changes: old cache files are then ignored.
-_DIGITS_VERSION = 1
+_DIGITS_VERSION = 2
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -75,6 +75,12 @@ def _fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, epochs
     model.eval()
 
 
+def digits_cnn_path(cache_dir=None, *, epochs: int = 12, seed: int = 0) -> Path:
+    """Where :func:`train_digits_cnn` caches the state_dict for these settings."""
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    return cache / f"digits_cnn-v{_DIGITS_VERSION}-e{epochs}-s{seed}.pt"
+
+
 def train_digits_cnn(cache_dir=None, *, epochs: int = 12, seed: int = 0, device=None,
                      retrain: bool = False, verbose: bool = False) -> DigitsCNN:
     """The digits CNN in eval mode, trained on :func:`advx.data.load_digits`'s train split.
@@ -86,12 +92,16 @@ def train_digits_cnn(cache_dir=None, *, epochs: int = 12, seed: int = 0, device=
     from .data import load_digits
 
     device = torch.device(device or "cpu")
-    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    path = cache / f"digits_cnn-v{_DIGITS_VERSION}-e{epochs}-s{seed}.pt"
+    path = digits_cnn_path(cache_dir, epochs=epochs, seed=seed)
+    cache = path.parent
     model = DigitsCNN()
     if path.exists() and not retrain:
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        return model.to(device).eval()
+        try:
+            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            return model.to(device).eval()
+        except (RuntimeError, OSError, EOFError) as e:  # damaged file: train again
+            if verbose:
+                print(f"ignoring the cached model {path}: {e}")
 
     split = load_digits()
     # Seed a private RNG stream for the initial weights so that training never

@@ -16,7 +16,7 @@ __all__ = ["plot_adversarial", "plot_loss_curves", "plot_grid", "save_image"]
 def _figure(**kwargs):
     from matplotlib.figure import Figure
 
-    return Figure(**kwargs)
+    return Figure(layout="constrained", **kwargs)
 
 
 def _save(fig, path) -> Path:
