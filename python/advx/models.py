@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
+import zipfile
 from pathlib import Path
 
 import torch
@@ -75,6 +77,14 @@ def _fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, epochs
     model.eval()
 
 
+def _initial_model(seed: int) -> DigitsCNN:
+    # A private RNG stream for the initial weights: training never depends on (or
+    # disturbs) the caller's global random state.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return DigitsCNN()
+
+
 def digits_cnn_path(cache_dir=None, *, epochs: int = 12, seed: int = 0) -> Path:
     """Where :func:`train_digits_cnn` caches the state_dict for these settings."""
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
@@ -94,32 +104,37 @@ def train_digits_cnn(cache_dir=None, *, epochs: int = 12, seed: int = 0, device=
     device = torch.device(device or "cpu")
     path = digits_cnn_path(cache_dir, epochs=epochs, seed=seed)
     cache = path.parent
-    model = DigitsCNN()
     if path.exists() and not retrain:
         try:
+            model = _initial_model(seed)
             model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
             return model.to(device).eval()
-        except (RuntimeError, OSError, EOFError) as e:  # damaged file: train again
+        except Exception as e:  # noqa: BLE001  (a damaged or foreign file, whatever the error: train again)
             if verbose:
                 print(f"ignoring the cached model {path}: {e}")
 
     split = load_digits()
-    # Seed a private RNG stream for the initial weights so that training never
-    # depends on (or disturbs) the caller's global random state.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = DigitsCNN()
-    model.to(device)
-    _fit(model, split.train_images, split.train_labels, epochs=epochs, seed=seed, device=device)
+    model = _initial_model(seed).to(device)
+    threads = torch.get_num_threads()
+    # batches of 32 images of 8x8: more threads only add synchronization (and
+    # stall badly when the cores are shared)
+    torch.set_num_threads(1)
+    try:
+        _fit(model, split.train_images, split.train_labels, epochs=epochs, seed=seed, device=device)
+    finally:
+        torch.set_num_threads(threads)
     if verbose:
         acc = digits_accuracy(model, split.test_images, split.test_labels)
         print(f"trained the digits CNN: test accuracy {acc:.3f}, saved to {path}")
-    cache.mkdir(parents=True, exist_ok=True)
-    # Write then rename: a concurrent reader never sees half a file.
-    fd, tmp = tempfile.mkstemp(dir=cache, suffix=".tmp")
-    os.close(fd)
-    torch.save({k: v.cpu() for k, v in model.state_dict().items()}, tmp)
-    os.replace(tmp, path)
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        # Write then rename: a concurrent reader never sees half a file.
+        fd, tmp = tempfile.mkstemp(dir=cache, suffix=".tmp")
+        os.close(fd)
+        torch.save({k: v.cpu() for k, v in model.state_dict().items()}, tmp)
+        os.replace(tmp, path)
+    except OSError as e:  # a read-only cache costs a retraining next time, nothing more
+        warnings.warn(f"could not cache the digits CNN in {cache}: {e}", stacklevel=2)
     return model.eval()
 
 
@@ -150,12 +165,21 @@ def load_model(spec: str, *, cache_dir=None, device=None, mean=None, std=None) -
     return model.to(device).eval()
 
 
+def _is_torchscript(path: str) -> bool:
+    # both formats are zip archives; only TorchScript's holds constants.pkl
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("/constants.pkl") for name in archive.namelist())
+
+
 def _load_file(path: str, device) -> nn.Module:
-    try:
+    if _is_torchscript(path):
         return torch.jit.load(path, map_location=device)
-    except RuntimeError:
-        pass  # not TorchScript: a pickled module
-    obj = torch.load(path, map_location=device, weights_only=False)
+    try:
+        obj = torch.load(path, map_location=device, weights_only=False)
+    except Exception as e:  # noqa: BLE001  (pickle raises many kinds)
+        raise ValueError(f"model: cannot read {path} as a saved model: {e}") from None
     if not isinstance(obj, nn.Module):
         raise ValueError(
             f"model: {path} holds a {type(obj).__name__}, not a module; save the whole model "
