@@ -28,7 +28,7 @@ class GradientAscent(Attack):
         self.steps = check_steps(steps)
         self.early_stop = bool(early_stop)
 
-    def _attack(self, images, labels, record_loss) -> AttackResult:
+    def _attack(self, images, labels, record_loss, report=True) -> AttackResult:
         lr = per_sample(self.lr.to(images.device) if isinstance(self.lr, torch.Tensor) else self.lr, images)
 
         def update(x, grad):
@@ -36,7 +36,7 @@ class GradientAscent(Attack):
                 clamp_box(x.add_(lr * grad), self.bounds)
 
         x_adv = images.clone().requires_grad_(True)
-        return self._loop(images, labels, x_adv, self.steps, update, record_loss=record_loss,
+        return self._loop(images, labels, x_adv, self.steps, update, record_loss=record_loss, report=report,
                           early_stop=self.early_stop, mean_grad=False)
 
 
@@ -68,7 +68,7 @@ class BoxConstrained(Attack):
         penalty = c * sample_norms(x_adv - self._images, "l2")
         return ascend - penalty, ce
 
-    def _attack(self, images, labels, record_loss) -> AttackResult:
+    def _attack(self, images, labels, record_loss, report=True) -> AttackResult:
         if isinstance(self.c, torch.Tensor) and self.c.dim() == 1 and self.c.shape[0] != images.shape[0]:
             raise ValueError(f"c has {self.c.shape[0]} per-sample values but images has {images.shape[0]} samples")
         self._images = images
@@ -83,7 +83,7 @@ class BoxConstrained(Attack):
                 with torch.no_grad():
                     clamp_box(x, self.bounds)
 
-            return self._loop(images, labels, x_adv, self.steps, update, record_loss=record_loss,
+            return self._loop(images, labels, x_adv, self.steps, update, record_loss=record_loss, report=report,
                               early_stop=self.early_stop, mean_grad=False)
         finally:
             del self._images

@@ -147,7 +147,7 @@ class Attack:
         return f"{type(self).__name__}(name={self.name!r}, norm={self.norm!r}, eps={eps}, targeted={self.targeted})"
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return self.run(images, labels).adv
+        return self._run(images, labels, record_loss=False, report=False).adv
 
     def with_eps(self, eps) -> "Attack":
         """A copy of this attack with another budget (float or per-sample tensor)."""
@@ -158,6 +158,10 @@ class Attack:
         return other
 
     def run(self, images: torch.Tensor, labels: torch.Tensor, *, record_loss: bool = False) -> AttackResult:
+        """The attack with its per-sample record (see ``AttackResult``)."""
+        return self._run(images, labels, record_loss=record_loss, report=True)
+
+    def _run(self, images, labels, *, record_loss: bool, report: bool) -> AttackResult:
         if torch.is_inference_mode_enabled():
             raise RuntimeError("attacks need gradients: call them outside torch.inference_mode()")
         images, labels = self._check_inputs(images, labels)
@@ -166,9 +170,9 @@ class Attack:
             return AttackResult(images.clone(), torch.zeros(0, dtype=torch.bool, device=images.device),
                                 empty_b, empty_b.clone(), torch.zeros(0, dtype=torch.int64, device=images.device))
         with eval_mode(self.model), torch.enable_grad():
-            return self._attack(images, labels, record_loss)
+            return self._attack(images, labels, record_loss, report)
 
-    def _attack(self, images, labels, record_loss) -> AttackResult:
+    def _attack(self, images, labels, record_loss, report=True) -> AttackResult:
         raise NotImplementedError
 
     # -- pieces the subclasses use ------------------------------------------------
@@ -214,13 +218,15 @@ class Attack:
         return pred == labels if self.targeted else pred != labels
 
     def _loop(self, images, labels, x_adv, steps: int, update: Callable, *, record_loss: bool,
-              early_stop: bool, mean_grad: bool) -> AttackResult:
+              early_stop: bool, mean_grad: bool, report: bool = True) -> AttackResult:
         """Ascend the objective from ``x_adv`` (a leaf that requires grad) for ``steps``
         updates, ``update(x_adv, grad)`` doing one in place.
 
         ``mean_grad``: the gradient of the batch mean (what sign and normalized-gradient
         steps of other attack libraries use; those steps do not depend on its scale),
         else of the sum, so that an optimizer's ``lr`` means the same for any batch size.
+        ``report=False`` (``atk(images, labels)``) skips the final forward pass that only
+        the per-sample record needs.
         """
         batch = images.shape[0]
         first = torch.full((batch,), -1, dtype=torch.int64, device=images.device)
@@ -244,6 +250,9 @@ class Attack:
             if early_stop:
                 with torch.no_grad():
                     x_adv.copy_(torch.where(done.reshape(-1, *([1] * (images.dim() - 1))), kept, x_adv))
+        if not report:
+            return AttackResult(adv=x_adv.detach().clone(), success=None, loss=None, norm=None,
+                                first_success=None)
         with torch.no_grad():
             adv = x_adv.detach()
             logits = self.model(adv)

@@ -126,7 +126,7 @@ class PGD(Attack):
             noise.mul_(radius / per_sample(sample_norms(noise, "l2").clamp_min(1e-30), images))
         return clamp_box(x.add_(noise), self.bounds)
 
-    def _attack(self, images, labels, record_loss) -> AttackResult:
+    def _attack(self, images, labels, record_loss, report=True) -> AttackResult:
         eps = self.eps.to(images.device) if isinstance(self.eps, torch.Tensor) else self.eps
         x_adv = self._start(images, eps).requires_grad_(True)
         if self.optimizer == "sign":
@@ -147,7 +147,7 @@ class PGD(Attack):
                 x.grad = None
 
             mean_grad = False
-        return self._loop(images, labels, x_adv, self.steps, update, record_loss=record_loss,
+        return self._loop(images, labels, x_adv, self.steps, update, record_loss=record_loss, report=report,
                           early_stop=self.early_stop, mean_grad=mean_grad)
 
 
