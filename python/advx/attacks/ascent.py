@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .base import Attack, AttackResult, check_budget, check_steps, clamp_box, per_sample, sample_norms
-from .pgd import OPTIMIZERS, check_optimizer, make_optimizer
+from .pgd import OPTIMIZERS, check_optimizer, make_optimizer, optim_api
 
 __all__ = ["GradientAscent", "BoxConstrained"]
 
@@ -74,14 +74,18 @@ class BoxConstrained(Attack):
         self._images = images
         try:
             x_adv = images.clone().requires_grad_(True)
-            opt = make_optimizer(self.optimizer, [x_adv], self.lr, maximize=True)
+            box = optim_api()[2]
+            fused_box = box is not None and self.bounds is not None
+            opt = make_optimizer(self.optimizer, [x_adv], self.lr, maximize=True,
+                                 constraint=box(*self.bounds) if fused_box else None)
 
             def update(x, grad):
                 x.grad = grad
                 opt.step()
                 x.grad = None
-                with torch.no_grad():
-                    clamp_box(x, self.bounds)
+                if not fused_box:
+                    with torch.no_grad():
+                        clamp_box(x, self.bounds)
 
             return self._loop(images, labels, x_adv, self.steps, update, record_loss=record_loss, report=report,
                               early_stop=self.early_stop, mean_grad=False)

@@ -21,7 +21,8 @@ OPTIMIZERS = ("sign", "sgd", "momentum", "adagrad", "rmsprop", "adam")
 
 
 def optim_api():
-    """(advx.optim, advx.LpBall), or None where this build does not have them yet."""
+    """(advx.optim, advx.LpBall, advx.Box or None), or None where this build does not
+    have advx.optim yet."""
     pkg = importlib.import_module("advx")
     optim = getattr(pkg, "optim", None)
     if optim is None:
@@ -29,8 +30,10 @@ def optim_api():
             optim = importlib.import_module("advx.optim")
         except ImportError:
             return None
-    ball = getattr(pkg, "LpBall", None) or getattr(optim, "LpBall", None)
-    return None if ball is None else (optim, ball)
+    constraints = getattr(pkg, "constraints", None)
+    ball = getattr(pkg, "LpBall", None) or getattr(optim, "LpBall", None) or getattr(constraints, "LpBall", None)
+    box = getattr(pkg, "Box", None) or getattr(optim, "Box", None) or getattr(constraints, "Box", None)
+    return None if ball is None else (optim, ball, box)
 
 
 def make_optimizer(optimizer: str, params, lr: float, *, maximize: bool, constraint=None):
@@ -39,7 +42,7 @@ def make_optimizer(optimizer: str, params, lr: float, *, maximize: bool, constra
     if api is None:
         raise RuntimeError(f"optimizer={optimizer!r} needs advx.optim and advx.LpBall, "
                            "which this build of advx does not have; use optimizer='sign'")
-    optim, _ = api
+    optim = api[0]
     kwargs = dict(lr=lr, maximize=maximize, constraint=constraint)
     if optimizer == "sgd":
         return optim.SGD(params, **kwargs)
@@ -137,7 +140,7 @@ class PGD(Attack):
 
             mean_grad = True
         else:
-            _, ball = optim_api()
+            ball = optim_api()[1]
             opt = make_optimizer(self.optimizer, [x_adv], self._lr(eps), maximize=True,
                                  constraint=ball(center=images, eps=eps, norm=self.norm, bounds=self.bounds))
 
