@@ -341,6 +341,7 @@ def test_optimizer_paths_say_what_is_missing():
     (dict(eps=0.1, optimizer="lbfgs"), ValueError, "optimizer"),
     (dict(eps=0.1, bounds=(1.0, 0.0)), ValueError, "bounds"),
     (dict(eps=0.1, seed=1.5), TypeError, "seed"),
+    (dict(eps=0.1, lr=0.01), ValueError, "lr"),
 ])
 def test_bad_arguments(kwargs, exc, word):
     with pytest.raises(exc, match=word):

@@ -206,7 +206,7 @@ class Attack:
             raise ValueError(f"eps has {self.eps.shape[0]} per-sample budgets but images has {images.shape[0]} samples")
         return images.detach(), labels.detach().long()
 
-    def _objective(self, x_adv, logits, labels) -> tuple[torch.Tensor, torch.Tensor]:
+    def _objective(self, images, x_adv, logits, labels) -> tuple[torch.Tensor, torch.Tensor]:
         """(objective to ascend, cross-entropy) per sample."""
         if logits.dtype not in (torch.float32, torch.float64):
             logits = logits.float()  # half-precision logits: the loss in float32
@@ -234,7 +234,7 @@ class Attack:
         done_steps = steps
         for step in range(steps):
             logits = self.model(x_adv)
-            objective, ce = self._objective(x_adv, logits, labels)
+            objective, ce = self._objective(images, x_adv, logits, labels)
             (grad,) = torch.autograd.grad(objective.mean() if mean_grad else objective.sum(), x_adv)
             success = self._success(logits.detach(), labels)
             first = torch.where(success & (first < 0), step, first)
@@ -256,7 +256,7 @@ class Attack:
         with torch.no_grad():
             adv = x_adv.detach()
             logits = self.model(adv)
-            _, ce = self._objective(adv, logits, labels)
+            _, ce = self._objective(images, adv, logits, labels)
             success = self._success(logits, labels)
             first = torch.where(success & (first < 0), done_steps, first)
             if record_loss and done_steps == steps:

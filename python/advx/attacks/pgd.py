@@ -95,8 +95,11 @@ class PGD(Attack):
         self.random_start = bool(random_start)
         self.optimizer = check_optimizer(optimizer)
         self.lr = check_budget(lr, "lr", allow_none=True)
-        if isinstance(self.lr, torch.Tensor) and self.lr.dim() > 0:
-            raise ValueError("lr must be a float (the optimizers take one learning rate), got a tensor")
+        if isinstance(self.lr, torch.Tensor):
+            raise TypeError("lr must be a float (the optimizers take one learning rate), got a tensor")
+        if self.lr is not None and self.optimizer == "sign":
+            raise ValueError("lr is the learning rate of optimizer='sgd'|'momentum'|'adagrad'|'rmsprop'|'adam'; "
+                             "the step of optimizer='sign' is alpha")
         self.early_stop = bool(early_stop)
         self.seed = check_seed(seed)
 
