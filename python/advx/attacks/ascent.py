@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .base import Attack, AttackResult, check_budget, check_steps, clamp_box, per_sample, sample_norms
-from .pgd import OPTIMIZERS, check_optimizer, make_optimizer
+from .pgd import OPTIMIZERS, check_optimizer, make_optimizer, optim_api
 
 __all__ = ["GradientAscent", "BoxConstrained"]
 
@@ -28,7 +28,7 @@ class GradientAscent(Attack):
         self.steps = check_steps(steps)
         self.early_stop = bool(early_stop)
 
-    def _attack(self, images, labels, record_loss) -> AttackResult:
+    def _attack(self, images, labels, record_loss, report=True) -> AttackResult:
         lr = per_sample(self.lr.to(images.device) if isinstance(self.lr, torch.Tensor) else self.lr, images)
 
         def update(x, grad):
@@ -36,7 +36,7 @@ class GradientAscent(Attack):
                 clamp_box(x.add_(lr * grad), self.bounds)
 
         x_adv = images.clone().requires_grad_(True)
-        return self._loop(images, labels, x_adv, self.steps, update, record_loss=record_loss,
+        return self._loop(images, labels, x_adv, self.steps, update, record_loss=record_loss, report=report,
                           early_stop=self.early_stop, mean_grad=False)
 
 
@@ -62,28 +62,28 @@ class BoxConstrained(Attack):
             raise TypeError("lr must be a float (the optimizers take one learning rate)")
         self.early_stop = bool(early_stop)
 
-    def _objective(self, x_adv, logits, labels):
-        ascend, ce = super()._objective(x_adv, logits, labels)
+    def _objective(self, images, x_adv, logits, labels):
+        ascend, ce = super()._objective(images, x_adv, logits, labels)
         c = self.c.to(x_adv.device, x_adv.dtype) if isinstance(self.c, torch.Tensor) else self.c
-        penalty = c * sample_norms(x_adv - self._images, "l2")
+        penalty = c * sample_norms(x_adv - images, "l2")
         return ascend - penalty, ce
 
-    def _attack(self, images, labels, record_loss) -> AttackResult:
+    def _attack(self, images, labels, record_loss, report=True) -> AttackResult:
         if isinstance(self.c, torch.Tensor) and self.c.dim() == 1 and self.c.shape[0] != images.shape[0]:
             raise ValueError(f"c has {self.c.shape[0]} per-sample values but images has {images.shape[0]} samples")
-        self._images = images
-        try:
-            x_adv = images.clone().requires_grad_(True)
-            opt = make_optimizer(self.optimizer, [x_adv], self.lr, maximize=True)
+        x_adv = images.clone().requires_grad_(True)
+        box = optim_api()[2]
+        fused_box = box is not None and self.bounds is not None
+        opt = make_optimizer(self.optimizer, [x_adv], self.lr, maximize=True,
+                             constraint=box(*self.bounds) if fused_box else None)
 
-            def update(x, grad):
-                x.grad = grad
-                opt.step()
-                x.grad = None
+        def update(x, grad):
+            x.grad = grad
+            opt.step()
+            x.grad = None
+            if not fused_box:
                 with torch.no_grad():
                     clamp_box(x, self.bounds)
 
-            return self._loop(images, labels, x_adv, self.steps, update, record_loss=record_loss,
-                              early_stop=self.early_stop, mean_grad=False)
-        finally:
-            del self._images
+        return self._loop(images, labels, x_adv, self.steps, update, record_loss=record_loss, report=report,
+                          early_stop=self.early_stop, mean_grad=False)

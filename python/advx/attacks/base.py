@@ -147,7 +147,7 @@ class Attack:
         return f"{type(self).__name__}(name={self.name!r}, norm={self.norm!r}, eps={eps}, targeted={self.targeted})"
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return self.run(images, labels).adv
+        return self._run(images, labels, record_loss=False, report=False).adv
 
     def with_eps(self, eps) -> "Attack":
         """A copy of this attack with another budget (float or per-sample tensor)."""
@@ -158,6 +158,10 @@ class Attack:
         return other
 
     def run(self, images: torch.Tensor, labels: torch.Tensor, *, record_loss: bool = False) -> AttackResult:
+        """The attack with its per-sample record (see ``AttackResult``)."""
+        return self._run(images, labels, record_loss=record_loss, report=True)
+
+    def _run(self, images, labels, *, record_loss: bool, report: bool) -> AttackResult:
         if torch.is_inference_mode_enabled():
             raise RuntimeError("attacks need gradients: call them outside torch.inference_mode()")
         images, labels = self._check_inputs(images, labels)
@@ -166,9 +170,9 @@ class Attack:
             return AttackResult(images.clone(), torch.zeros(0, dtype=torch.bool, device=images.device),
                                 empty_b, empty_b.clone(), torch.zeros(0, dtype=torch.int64, device=images.device))
         with eval_mode(self.model), torch.enable_grad():
-            return self._attack(images, labels, record_loss)
+            return self._attack(images, labels, record_loss, report)
 
-    def _attack(self, images, labels, record_loss) -> AttackResult:
+    def _attack(self, images, labels, record_loss, report=True) -> AttackResult:
         raise NotImplementedError
 
     # -- pieces the subclasses use ------------------------------------------------
@@ -202,7 +206,7 @@ class Attack:
             raise ValueError(f"eps has {self.eps.shape[0]} per-sample budgets but images has {images.shape[0]} samples")
         return images.detach(), labels.detach().long()
 
-    def _objective(self, x_adv, logits, labels) -> tuple[torch.Tensor, torch.Tensor]:
+    def _objective(self, images, x_adv, logits, labels) -> tuple[torch.Tensor, torch.Tensor]:
         """(objective to ascend, cross-entropy) per sample."""
         if logits.dtype not in (torch.float32, torch.float64):
             logits = logits.float()  # half-precision logits: the loss in float32
@@ -214,13 +218,15 @@ class Attack:
         return pred == labels if self.targeted else pred != labels
 
     def _loop(self, images, labels, x_adv, steps: int, update: Callable, *, record_loss: bool,
-              early_stop: bool, mean_grad: bool) -> AttackResult:
+              early_stop: bool, mean_grad: bool, report: bool = True) -> AttackResult:
         """Ascend the objective from ``x_adv`` (a leaf that requires grad) for ``steps``
         updates, ``update(x_adv, grad)`` doing one in place.
 
         ``mean_grad``: the gradient of the batch mean (what sign and normalized-gradient
         steps of other attack libraries use; those steps do not depend on its scale),
         else of the sum, so that an optimizer's ``lr`` means the same for any batch size.
+        ``report=False`` (``atk(images, labels)``) skips the final forward pass that only
+        the per-sample record needs.
         """
         batch = images.shape[0]
         first = torch.full((batch,), -1, dtype=torch.int64, device=images.device)
@@ -228,7 +234,7 @@ class Attack:
         done_steps = steps
         for step in range(steps):
             logits = self.model(x_adv)
-            objective, ce = self._objective(x_adv, logits, labels)
+            objective, ce = self._objective(images, x_adv, logits, labels)
             (grad,) = torch.autograd.grad(objective.mean() if mean_grad else objective.sum(), x_adv)
             success = self._success(logits.detach(), labels)
             first = torch.where(success & (first < 0), step, first)
@@ -244,10 +250,13 @@ class Attack:
             if early_stop:
                 with torch.no_grad():
                     x_adv.copy_(torch.where(done.reshape(-1, *([1] * (images.dim() - 1))), kept, x_adv))
+        if not report:
+            return AttackResult(adv=x_adv.detach().clone(), success=None, loss=None, norm=None,
+                                first_success=None)
         with torch.no_grad():
             adv = x_adv.detach()
             logits = self.model(adv)
-            _, ce = self._objective(adv, logits, labels)
+            _, ce = self._objective(images, adv, logits, labels)
             success = self._success(logits, labels)
             first = torch.where(success & (first < 0), done_steps, first)
             if record_loss and done_steps == steps:

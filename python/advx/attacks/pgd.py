@@ -21,7 +21,8 @@ OPTIMIZERS = ("sign", "sgd", "momentum", "adagrad", "rmsprop", "adam")
 
 
 def optim_api():
-    """(advx.optim, advx.LpBall), or None where this build does not have them yet."""
+    """(advx.optim, advx.LpBall, advx.Box or None), or None where this build does not
+    have advx.optim yet."""
     pkg = importlib.import_module("advx")
     optim = getattr(pkg, "optim", None)
     if optim is None:
@@ -29,8 +30,10 @@ def optim_api():
             optim = importlib.import_module("advx.optim")
         except ImportError:
             return None
-    ball = getattr(pkg, "LpBall", None) or getattr(optim, "LpBall", None)
-    return None if ball is None else (optim, ball)
+    constraints = getattr(pkg, "constraints", None)
+    ball = getattr(pkg, "LpBall", None) or getattr(optim, "LpBall", None) or getattr(constraints, "LpBall", None)
+    box = getattr(pkg, "Box", None) or getattr(optim, "Box", None) or getattr(constraints, "Box", None)
+    return None if ball is None else (optim, ball, box)
 
 
 def make_optimizer(optimizer: str, params, lr: float, *, maximize: bool, constraint=None):
@@ -39,7 +42,7 @@ def make_optimizer(optimizer: str, params, lr: float, *, maximize: bool, constra
     if api is None:
         raise RuntimeError(f"optimizer={optimizer!r} needs advx.optim and advx.LpBall, "
                            "which this build of advx does not have; use optimizer='sign'")
-    optim, _ = api
+    optim = api[0]
     kwargs = dict(lr=lr, maximize=maximize, constraint=constraint)
     if optimizer == "sgd":
         return optim.SGD(params, **kwargs)
@@ -92,8 +95,11 @@ class PGD(Attack):
         self.random_start = bool(random_start)
         self.optimizer = check_optimizer(optimizer)
         self.lr = check_budget(lr, "lr", allow_none=True)
-        if isinstance(self.lr, torch.Tensor) and self.lr.dim() > 0:
-            raise ValueError("lr must be a float (the optimizers take one learning rate), got a tensor")
+        if isinstance(self.lr, torch.Tensor):
+            raise TypeError("lr must be a float (the optimizers take one learning rate), got a tensor")
+        if self.lr is not None and self.optimizer == "sign":
+            raise ValueError("lr is the learning rate of optimizer='sgd'|'momentum'|'adagrad'|'rmsprop'|'adam'; "
+                             "the step of optimizer='sign' is alpha")
         self.early_stop = bool(early_stop)
         self.seed = check_seed(seed)
 
@@ -126,7 +132,7 @@ class PGD(Attack):
             noise.mul_(radius / per_sample(sample_norms(noise, "l2").clamp_min(1e-30), images))
         return clamp_box(x.add_(noise), self.bounds)
 
-    def _attack(self, images, labels, record_loss) -> AttackResult:
+    def _attack(self, images, labels, record_loss, report=True) -> AttackResult:
         eps = self.eps.to(images.device) if isinstance(self.eps, torch.Tensor) else self.eps
         x_adv = self._start(images, eps).requires_grad_(True)
         if self.optimizer == "sign":
@@ -137,7 +143,7 @@ class PGD(Attack):
 
             mean_grad = True
         else:
-            _, ball = optim_api()
+            ball = optim_api()[1]
             opt = make_optimizer(self.optimizer, [x_adv], self._lr(eps), maximize=True,
                                  constraint=ball(center=images, eps=eps, norm=self.norm, bounds=self.bounds))
 
@@ -147,7 +153,7 @@ class PGD(Attack):
                 x.grad = None
 
             mean_grad = False
-        return self._loop(images, labels, x_adv, self.steps, update, record_loss=record_loss,
+        return self._loop(images, labels, x_adv, self.steps, update, record_loss=record_loss, report=report,
                           early_stop=self.early_stop, mean_grad=mean_grad)
 
 
