@@ -108,9 +108,12 @@ def maximize_response(model: nn.Module, target, *, steps: int = 250, lr: float =
     if layer is not None and (not layer or layer not in modules):
         raise ValueError(f"layer {layer!r} is not a module of the model; valid names: {', '.join(layer_names(model))}")
     if prior_weight > 0 and prior is None:
-        from advx import EdgeEnergy
+        import advx
 
-        prior = EdgeEnergy()
+        if not hasattr(advx, "EdgeEnergy"):
+            raise RuntimeError("the default prior advx.EdgeEnergy is not in this build of advx: "
+                               "pass prior= (a callable x -> [B]) or prior_weight=0")
+        prior = advx.EdgeEnergy()
     if isinstance(prior, nn.Module):
         prior = prior.to(device)
 
