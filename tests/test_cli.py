@@ -203,6 +203,26 @@ def test_bench_builtin(capsys):
     assert "| pgd_step_ linf |" in out and "| project_ l2 |" in out
 
 
+def test_bench_runs_the_repository_script(capfd, tmp_path, monkeypatch):
+    import advx.cli
+
+    script = tmp_path / "bench_ops.py"
+    script.write_text("import sys\nprint('ARGS', sys.argv[1:])\nsys.exit(3)\n")
+    monkeypatch.setattr(advx.cli, "_repo_script", lambda name: script if name == "bench_ops.py" else None)
+    assert main(["bench", "--device", "cpu", "--quick"]) == 3  # the script's own exit status
+    assert "ARGS ['--device', 'cpu', '--quick']" in capfd.readouterr().out
+    assert main(["bench", "--attacks"]) == 2  # no bench_attacks.py: a clear error, not a traceback
+    assert "bench_attacks.py was not found" in capfd.readouterr().err
+
+
+def test_version(capsys):
+    import advx
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"advx {advx.__version__}"
+
+
 def test_parser_lists_every_subcommand():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")

@@ -322,7 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="advx", description="Fast adversarial attacks, robustness evaluation and feature visualization.",
         epilog="Run 'advx <command> --help' for the options of a command.")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="command", required=True)
 
     p = sub.add_parser("demo", help="train, attack, evaluate and visualize a digits CNN; write a report",
@@ -389,15 +391,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_info)
     return parser
-
-
-def _version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("advx")
-    except Exception:  # not installed as a distribution (source checkout on sys.path)
-        return "unknown"
 
 
 def main(argv=None) -> int:
