@@ -14,6 +14,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <memory>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -88,27 +89,37 @@ ADVX_CPU_CLONES void grad_row(const T* __restrict__ rr, const T* __restrict__ pa
 
 // ---------------------------------------------------------------- row streaming
 
-// Per-thread buffers for rows of width w: the zero-padded input row, the ring of five
-// row-blurred rows, a zero row (rows above/below the image) and one output row.
+// Per-thread buffers, reused across images and levels: for rows of width w the
+// zero-padded input row, the ring of five row-blurred rows, a zero row (rows above and
+// below the image) and one output row; plus the backward's band of residual rows.
 template <typename T>
 struct RowScratch {
-  std::vector<T> buf;
-  T* padded;
-  T* ring[5];
-  T* zeros;
-  T* out;
-  explicit RowScratch(int64_t w) : buf(static_cast<size_t>((w + 4) + 7 * w), T(0)) {
-    padded = buf.data();
+  std::vector<T> rows;
+  std::vector<T> band;
+  T* padded = nullptr;
+  T* ring[5] = {};
+  T* zeros = nullptr;
+  T* out = nullptr;
+
+  void prepare(int64_t w) {
+    const size_t need = static_cast<size_t>((w + 4) + 7 * w);
+    if (rows.size() < need) rows.resize(need);
+    padded = rows.data();
     for (int k = 0; k < 5; ++k) ring[k] = padded + (w + 4) + k * w;
     zeros = ring[4] + w;
+    std::fill(zeros, zeros + w, T(0));
     out = zeros + w;
+  }
+  T* band_rows(int64_t elements) {
+    if (band.size() < static_cast<size_t>(elements)) band.resize(static_cast<size_t>(elements));
+    return band.data();
   }
 };
 
 // Computes R u = u - G u for rows [y0, y1) of an h x w image and calls
 // emit(y, residual_row_ptr). Row y of u is at rows + (y - row0) * w, and must be
 // available for every y in [y0 - 2, y1 + 2) inside the image. out_row(y) says where
-// the residual row goes.
+// the residual row goes. s must be prepared for width w.
 template <typename T, typename S, typename OutRow, typename Emit>
 void residual_rows(const S* rows, int64_t row0, int64_t h, int64_t w, int64_t y0, int64_t y1,
                    RowScratch<T>& s, const OutRow& out_row, const Emit& emit) {
@@ -134,32 +145,66 @@ void residual_rows(const S* rows, int64_t row0, int64_t h, int64_t w, int64_t y0
   }
 }
 
-// ---------------------------------------------------------------- pyramid geometry
+// ---------------------------------------------------------------- pyramid
 
 struct Level {
   int64_t h, w;
-  int64_t offset;  // of image 0 in the pyramid buffer (levels >= 1), images back to back
+  int64_t offset;  // of image 0 in the pyramid storage (levels >= 1), images back to back
   int64_t size() const { return h * w; }
 };
 
-std::vector<Level> energy_levels(int64_t h, int64_t w, int64_t images) {
-  std::vector<Level> levels;
-  int64_t offset = 0;
-  while (edge::has_level(h, w)) {
-    levels.push_back({h, w, offset});
-    if (levels.size() > 1) offset += images * h * w;  // level 0 is the input itself
-    h = edge::pooled_size(h);
-    w = edge::pooled_size(w);
-  }
-  return levels;
-}
+// The levels that carry energy; levels 1.. are stored for all images, level 0 is x.
+template <typename scalar_t>
+class Pyramid {
+ public:
+  using T = opmath_t<scalar_t>;
 
-// Elements of pyramid storage (levels 1..L-1).
-int64_t pyramid_elements(const std::vector<Level>& levels, int64_t images) {
-  int64_t n = 0;
-  for (size_t l = 1; l < levels.size(); ++l) n += images * levels[l].size();
-  return n;
-}
+  Pyramid(const scalar_t* x, int64_t images, int64_t h, int64_t w) : x_(x) {
+    while (edge::has_level(h, w)) {
+      levels_.push_back({h, w, stored_});
+      if (levels_.size() > 1) stored_ += images * h * w;
+      h = edge::pooled_size(h);
+      w = edge::pooled_size(w);
+    }
+    storage_.reset(new T[static_cast<size_t>(stored_)]);  // uninitialized: every pixel is written
+  }
+
+  int64_t depth() const { return static_cast<int64_t>(levels_.size()); }
+  const Level& level(int64_t l) const { return levels_[l]; }
+  int64_t stored_elements() const { return stored_; }
+
+  // f(image_ptr) for image img of level l: const scalar_t* at level 0, const T* above.
+  template <typename F>
+  void visit(int64_t l, int64_t img, const F& f) const {
+    if (l == 0) {
+      f(x_ + img * levels_[0].size());
+    } else {
+      f(static_cast<const T*>(storage_.get() + levels_[l].offset + img * levels_[l].size()));
+    }
+  }
+
+  // Rows [i0, i1) of image img of level l + 1, pooled from level l.
+  void pool(int64_t l, int64_t img, int64_t i0, int64_t i1) {
+    const Level& lv = levels_[l];
+    const Level& nx = levels_[l + 1];
+    T* next = storage_.get() + nx.offset + img * nx.size();
+    visit(l, img, [&](const auto* image) {
+      using S = std::remove_const_t<std::remove_pointer_t<decltype(image)>>;
+      std::vector<S> zeros(static_cast<size_t>(lv.w), S(0));
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t top = edge::pool_first_input(i), bottom = top + 1;
+        pool_row(top >= 0 ? image + top * lv.w : zeros.data(),
+                 bottom < lv.h ? image + bottom * lv.w : zeros.data(), lv.w, next + i * nx.w);
+      }
+    });
+  }
+
+ private:
+  const scalar_t* x_;
+  std::vector<Level> levels_;
+  int64_t stored_ = 0;
+  std::unique_ptr<T[]> storage_;
+};
 
 // Pooled rows [i0, i1) of the next level that a band [y0, y1) of an h-row level owns:
 // those whose lower input row 2i lies in the band, plus the last one at the bottom edge.
@@ -169,13 +214,33 @@ std::pair<int64_t, int64_t> pooled_rows_of_band(int64_t h, int64_t y0, int64_t y
   return {i0, i1};
 }
 
-// Below this many pixels a level runs on the calling thread (an OpenMP fork costs more).
+// ---------------------------------------------------------------- scheduling
+
+// Below this many pixels a pass runs on the calling thread (an OpenMP fork costs more).
 constexpr int64_t kSerialPixels = 1 << 14;
 // Bands are at least this many rows: each band re-blurs 4 halo rows.
 constexpr int64_t kMinBandRows = 32;
+// With this many images per thread, a task takes whole images through every level: one
+// fork for the whole op and the image's pyramid stays in cache. With fewer, each level
+// is split into row bands so that every thread gets work.
+constexpr int64_t kWholeImagesPerThread = 4;
 
-// Calls f(image, y0, y1, scratch) for row bands of every image of an h x w level, in
-// parallel, with one RowScratch per thread chunk.
+bool whole_images(int64_t images) {
+  return images >= kWholeImagesPerThread * at::get_num_threads();
+}
+
+// f(image, scratch) for every image, in parallel, one RowScratch per thread chunk.
+template <typename T, typename F>
+void for_each_image(int64_t images, int64_t pixels, const F& f) {
+  const int64_t grain = images * pixels < kSerialPixels ? images : 1;
+  at::parallel_for(0, images, grain, [&](int64_t begin, int64_t end) {
+    RowScratch<T> scratch;
+    for (int64_t img = begin; img < end; ++img) f(img, scratch);
+  });
+}
+
+// f(image, y0, y1, scratch) for row bands of every image of an h x w level, in
+// parallel, with one RowScratch (prepared for width w) per thread chunk.
 template <typename T, typename F>
 void for_each_band(int64_t images, int64_t h, int64_t w, const F& f) {
   const int64_t threads = at::get_num_threads();
@@ -187,7 +252,8 @@ void for_each_band(int64_t images, int64_t h, int64_t w, const F& f) {
   const int64_t tasks = images * bands;
   const int64_t grain = images * h * w < kSerialPixels ? tasks : 1;
   at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) {
-    RowScratch<T> scratch(w);
+    RowScratch<T> scratch;
+    scratch.prepare(w);
     for (int64_t t = begin; t < end; ++t) {
       const int64_t image = t / bands, y0 = (t % bands) * rows;
       f(image, y0, std::min(h, y0 + rows), scratch);
@@ -201,39 +267,37 @@ template <typename scalar_t>
 void edge_energy_forward_typed(const at::Tensor& x, at::Tensor& out) {
   using T = opmath_t<scalar_t>;
   const int64_t batch = x.size(0), channels = x.size(1), images = batch * channels;
-  const auto levels = energy_levels(x.size(2), x.size(3), images);
-  const int64_t depth = static_cast<int64_t>(levels.size());
-  std::vector<T> pyramid(static_cast<size_t>(pyramid_elements(levels, images)));
-  std::vector<std::vector<double>> row_sums(levels.size());
+  Pyramid<scalar_t> pyramid(x.const_data_ptr<scalar_t>(), images, x.size(2), x.size(3));
+  const int64_t depth = pyramid.depth();
+  std::vector<std::vector<double>> row_sums(static_cast<size_t>(depth));
+  for (int64_t l = 0; l < depth; ++l) row_sums[l].resize(static_cast<size_t>(images * pyramid.level(l).h));
 
-  for (int64_t l = 0; l < depth; ++l) {
-    const Level lv = levels[l];
-    row_sums[l].assign(static_cast<size_t>(images * lv.h), 0.0);
-    double* sums = row_sums[l].data();
-    T* next = l + 1 < depth ? pyramid.data() + levels[l + 1].offset : nullptr;
-    const int64_t next_w = edge::pooled_size(lv.w), next_size = edge::pooled_size(lv.h) * next_w;
-    auto run = [&](const auto* src) {
-      using S = std::remove_const_t<std::remove_pointer_t<decltype(src)>>;
+  // Residual square-sums of rows [y0, y1), and the pooled rows of the next level they own.
+  auto band = [&](int64_t l, int64_t img, int64_t y0, int64_t y1, RowScratch<T>& s) {
+    const Level& lv = pyramid.level(l);
+    double* sums = row_sums[l].data() + img * lv.h;
+    pyramid.visit(l, img, [&](const auto* image) {
+      residual_rows(image, 0, lv.h, lv.w, y0, y1, s, [&](int64_t) { return s.out; },
+                    [&](int64_t y, const T* r) { sums[y] = cpu::sum_squares(r, lv.w); });
+    });
+    if (l + 1 < depth) {
+      const auto pooled = pooled_rows_of_band(lv.h, y0, y1);
+      pyramid.pool(l, img, pooled.first, pooled.second);
+    }
+  };
+  if (whole_images(images)) {
+    for_each_image<T>(images, pyramid.level(0).size(), [&](int64_t img, RowScratch<T>& s) {
+      for (int64_t l = 0; l < depth; ++l) {
+        s.prepare(pyramid.level(l).w);
+        band(l, img, 0, pyramid.level(l).h, s);
+      }
+    });
+  } else {
+    for (int64_t l = 0; l < depth; ++l) {
+      const Level& lv = pyramid.level(l);
       for_each_band<T>(images, lv.h, lv.w, [&](int64_t img, int64_t y0, int64_t y1, RowScratch<T>& s) {
-        const S* plane = src + img * lv.size();
-        double* plane_sums = sums + img * lv.h;
-        residual_rows(plane, 0, lv.h, lv.w, y0, y1, s, [&](int64_t) { return s.out; },
-                      [&](int64_t y, const T* r) { plane_sums[y] = cpu::sum_squares(r, lv.w); });
-        if (next == nullptr) return;
-        std::vector<S> zeros(static_cast<size_t>(lv.w), S(0));
-        const auto pooled = pooled_rows_of_band(lv.h, y0, y1);
-        for (int64_t i = pooled.first; i < pooled.second; ++i) {
-          const int64_t top = edge::pool_first_input(i), bottom = top + 1;
-          pool_row(top >= 0 ? plane + top * lv.w : zeros.data(),
-                   bottom < lv.h ? plane + bottom * lv.w : zeros.data(), lv.w,
-                   next + img * next_size + i * next_w);
-        }
+        band(l, img, y0, y1, s);
       });
-    };
-    if (l == 0) {
-      run(x.const_data_ptr<scalar_t>());
-    } else {
-      run(static_cast<const T*>(pyramid.data() + lv.offset));
     }
   }
 
@@ -243,8 +307,9 @@ void edge_energy_forward_typed(const at::Tensor& x, at::Tensor& out) {
     for (int64_t c = 0; c < channels; ++c) {
       const int64_t img = b * channels + c;
       for (int64_t l = 0; l < depth; ++l) {
-        const double* sums = row_sums[l].data() + img * levels[l].h;
-        for (int64_t y = 0; y < levels[l].h; ++y) energy += sums[y];
+        const int64_t h = pyramid.level(l).h;
+        const double* sums = row_sums[l].data() + img * h;
+        for (int64_t y = 0; y < h; ++y) energy += sums[y];
       }
     }
     o[b] = static_cast<scalar_t>(energy);
@@ -257,71 +322,66 @@ template <typename scalar_t>
 void edge_energy_backward_typed(const at::Tensor& grad_energy, const at::Tensor& x, at::Tensor& grad) {
   using T = opmath_t<scalar_t>;
   const int64_t batch = x.size(0), channels = x.size(1), images = batch * channels;
-  const auto levels = energy_levels(x.size(2), x.size(3), images);
-  const int64_t depth = static_cast<int64_t>(levels.size());
-  const scalar_t* x0 = x.const_data_ptr<scalar_t>();
-  scalar_t* g0 = grad.mutable_data_ptr<scalar_t>();
+  Pyramid<scalar_t> pyramid(x.const_data_ptr<scalar_t>(), images, x.size(2), x.size(3));
+  const int64_t depth = pyramid.depth();
+  scalar_t* grad0 = grad.mutable_data_ptr<scalar_t>();
+  // Gradients of levels 1.., laid out like the pyramid storage.
+  std::unique_ptr<T[]> level_grads(new T[static_cast<size_t>(pyramid.stored_elements())]);
 
   std::vector<T> two_ge(static_cast<size_t>(batch));
   const at::Tensor ge = grad_energy.to(at::kDouble).contiguous();
   for (int64_t b = 0; b < batch; ++b) two_ge[b] = static_cast<T>(2.0 * ge.const_data_ptr<double>()[b]);
 
-  // The pyramid u_1..u_{L-1} again (nothing was saved), then level gradients g_1..g_{L-1}.
-  const int64_t stored = pyramid_elements(levels, images);
-  std::vector<T> pyramid(static_cast<size_t>(stored)), level_grads(static_cast<size_t>(stored));
-  for (int64_t l = 0; l + 1 < depth; ++l) {
-    const Level lv = levels[l], nx = levels[l + 1];
-    T* next = pyramid.data() + nx.offset;
-    auto run = [&](const auto* src) {
-      using S = std::remove_const_t<std::remove_pointer_t<decltype(src)>>;
-      for_each_band<T>(images, nx.h, nx.w, [&](int64_t img, int64_t i0, int64_t i1, RowScratch<T>&) {
-        const S* plane = src + img * lv.size();
-        std::vector<S> zeros(static_cast<size_t>(lv.w), S(0));
-        for (int64_t i = i0; i < i1; ++i) {
-          const int64_t top = edge::pool_first_input(i), bottom = top + 1;
-          pool_row(top >= 0 ? plane + top * lv.w : zeros.data(),
-                   bottom < lv.h ? plane + bottom * lv.w : zeros.data(), lv.w,
-                   next + img * nx.size() + i * nx.w);
-        }
-      });
+  // g_l = 2 ge R(R u_l) + unpool(g_{l+1}) on rows [y0, y1): R u_l on those rows plus a
+  // 2-row halo into the scratch band, then R of that on the band's rows.
+  auto band = [&](int64_t l, int64_t img, int64_t y0, int64_t y1, RowScratch<T>& s) {
+    const Level& lv = pyramid.level(l);
+    const int64_t parent_w = edge::pooled_size(lv.w);
+    const T* parent = l + 1 < depth
+        ? level_grads.get() + pyramid.level(l + 1).offset + img * pyramid.level(l + 1).size()
+        : nullptr;
+    const T scale = two_ge[img / channels];
+    const int64_t a = std::max<int64_t>(0, y0 - edge::kRadius);
+    const int64_t b = std::min(lv.h, y1 + edge::kRadius);
+    T* r = s.band_rows((b - a) * lv.w);
+    pyramid.visit(l, img, [&](const auto* image) {
+      residual_rows(image, 0, lv.h, lv.w, a, b, s, [&](int64_t y) { return r + (y - a) * lv.w; },
+                    [](int64_t, const T*) {});
+    });
+    auto write = [&](auto* dst) {
+      residual_rows(r, a, lv.h, lv.w, y0, y1, s, [&](int64_t) { return s.out; },
+                    [&](int64_t y, const T* rr) {
+                      const T* parent_row = parent ? parent + edge::pool_parent(y) * parent_w : nullptr;
+                      grad_row(rr, parent_row, scale, lv.w, dst + y * lv.w);
+                    });
     };
     if (l == 0) {
-      run(x0);
+      write(grad0 + img * lv.size());
     } else {
-      run(static_cast<const T*>(pyramid.data() + lv.offset));
+      write(level_grads.get() + lv.offset + img * lv.size());
     }
-  }
+  };
 
-  // Coarse to fine: g_l = 2 ge R(R u_l) + unpool(g_{l+1}). A band computes R u_l on its
-  // rows plus a 2-row halo (into a band-local buffer), then R of that on its rows.
-  for (int64_t l = depth - 1; l >= 0; --l) {
-    const Level lv = levels[l];
-    const int64_t parent_w = edge::pooled_size(lv.w), parent_size = edge::pooled_size(lv.h) * parent_w;
-    const T* parent = l + 1 < depth ? level_grads.data() + levels[l + 1].offset : nullptr;
-    auto run = [&](const auto* src, auto* dst) {
-      using S = std::remove_const_t<std::remove_pointer_t<decltype(src)>>;
-      for_each_band<T>(images, lv.h, lv.w, [&](int64_t img, int64_t y0, int64_t y1, RowScratch<T>& s) {
-        const S* plane = src + img * lv.size();
-        auto* dst_plane = dst + img * lv.size();
-        const T* parent_plane = parent ? parent + img * parent_size : nullptr;
-        const T scale = two_ge[img / channels];
-        const int64_t a = std::max<int64_t>(0, y0 - edge::kRadius);
-        const int64_t b = std::min(lv.h, y1 + edge::kRadius);
-        std::vector<T> r(static_cast<size_t>((b - a) * lv.w));
-        residual_rows(plane, 0, lv.h, lv.w, a, b, s, [&](int64_t y) { return r.data() + (y - a) * lv.w; },
-                      [](int64_t, const T*) {});
-        residual_rows(r.data(), a, lv.h, lv.w, y0, y1, s, [&](int64_t) { return s.out; },
-                      [&](int64_t y, const T* rr) {
-                        const T* parent_row =
-                            parent_plane ? parent_plane + edge::pool_parent(y) * parent_w : nullptr;
-                        grad_row(rr, parent_row, scale, lv.w, dst_plane + y * lv.w);
-                      });
+  if (whole_images(images)) {
+    for_each_image<T>(images, pyramid.level(0).size(), [&](int64_t img, RowScratch<T>& s) {
+      for (int64_t l = 0; l + 1 < depth; ++l) pyramid.pool(l, img, 0, pyramid.level(l + 1).h);
+      for (int64_t l = depth - 1; l >= 0; --l) {
+        s.prepare(pyramid.level(l).w);
+        band(l, img, 0, pyramid.level(l).h, s);
+      }
+    });
+  } else {
+    for (int64_t l = 0; l + 1 < depth; ++l) {
+      const Level& nx = pyramid.level(l + 1);
+      for_each_band<T>(images, nx.h, nx.w, [&](int64_t img, int64_t i0, int64_t i1, RowScratch<T>&) {
+        pyramid.pool(l, img, i0, i1);
       });
-    };
-    if (l == 0) {
-      run(x0, g0);
-    } else {
-      run(static_cast<const T*>(pyramid.data() + lv.offset), level_grads.data() + lv.offset);
+    }
+    for (int64_t l = depth - 1; l >= 0; --l) {
+      const Level& lv = pyramid.level(l);
+      for_each_band<T>(images, lv.h, lv.w, [&](int64_t img, int64_t y0, int64_t y1, RowScratch<T>& s) {
+        band(l, img, y0, y1, s);
+      });
     }
   }
 }
