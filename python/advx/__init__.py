@@ -8,6 +8,7 @@ import torch  # noqa: F401  (loads libtorch before our extension, which has no R
 
 from . import _C  # noqa: F401  (registers torch.ops.advx.*)
 from . import ops, reference
+from .prior import EdgeEnergy
 
 __version__ = "0.1.0"
 
@@ -17,4 +18,4 @@ def build_info() -> dict:
     return dict(_C.build_info())
 
 
-__all__ = ["ops", "reference", "build_info", "__version__"]
+__all__ = ["ops", "reference", "build_info", "__version__", "EdgeEnergy"]
