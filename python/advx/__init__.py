@@ -9,6 +9,8 @@ import torch  # noqa: F401  (loads libtorch before our extension, which has no R
 from . import _C  # noqa: F401  (registers torch.ops.advx.*)
 from . import ops, reference
 from .prior import EdgeEnergy
+from . import attacks, eval, nn  # noqa: A004  (advx.eval, advx.nn are submodules)
+from .nn import Normalize
 
 __version__ = "0.1.0"
 
@@ -18,4 +20,5 @@ def build_info() -> dict:
     return dict(_C.build_info())
 
 
-__all__ = ["ops", "reference", "build_info", "__version__", "EdgeEnergy"]
+__all__ = ["ops", "reference", "attacks", "eval", "nn", "Normalize", "EdgeEnergy", "build_info",
+           "__version__"]
