@@ -10,6 +10,7 @@ from . import _C  # noqa: F401  (registers torch.ops.advx.*)
 from . import ops, reference
 from .prior import EdgeEnergy
 from . import attacks, eval, nn  # noqa: A004  (advx.eval, advx.nn are submodules)
+from . import viz
 from .nn import Normalize
 
 __version__ = "0.1.0"
@@ -20,5 +21,5 @@ def build_info() -> dict:
     return dict(_C.build_info())
 
 
-__all__ = ["ops", "reference", "attacks", "eval", "nn", "Normalize", "EdgeEnergy", "build_info",
-           "__version__"]
+__all__ = ["ops", "reference", "attacks", "eval", "nn", "viz", "Normalize", "EdgeEnergy",
+           "build_info", "__version__"]
