@@ -8,6 +8,7 @@ import torch  # noqa: F401  (loads libtorch before our extension, which has no R
 
 from . import _C  # noqa: F401  (registers torch.ops.advx.*)
 from . import ops, reference
+from .prior import EdgeEnergy
 from . import attacks, eval, nn  # noqa: A004  (advx.eval, advx.nn are submodules)
 from . import viz
 from .nn import Normalize
@@ -20,4 +21,5 @@ def build_info() -> dict:
     return dict(_C.build_info())
 
 
-__all__ = ["ops", "reference", "attacks", "eval", "nn", "viz", "Normalize", "build_info", "__version__"]
+__all__ = ["ops", "reference", "attacks", "eval", "nn", "viz", "Normalize", "EdgeEnergy",
+           "build_info", "__version__"]

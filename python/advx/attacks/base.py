@@ -125,7 +125,9 @@ class Attack:
     """Base class: ``adv = atk(images, labels)`` or ``res = atk.run(images, labels)``.
 
     Subclasses set ``name``, ``norm``, ``eps`` and implement ``_attack``.
-    ``targeted=True`` means ``labels`` are the target classes.
+    ``targeted=True`` means ``labels`` are the target classes. The model runs in eval
+    mode during the attack (dropout off, batch-norm statistics untouched) and gets its
+    own train/eval flags back afterwards.
     """
 
     name = "Attack"
