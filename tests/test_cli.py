@@ -102,7 +102,11 @@ def test_demo_quick(tmp_path, digits_model, digits_cache_dir, capsys):
         assert (out_dir / figure).read_bytes()[:8] == PNG_SIGNATURE
         assert f"]({figure})" in report
     assert {"adversarial_pgd.png", "class_visualizations.png"} <= set(results["figures"])
-    assert results["timing"] and all(t["advx_ms"] > 0 for t in results["timing"])
+    assert {"pgd_step_ linf", "edge_energy fwd+bwd"} <= {t["op"] for t in results["timing"]}
+    assert all(t["advx_ms"] > 0 and t["reference_ms"] > 0 for t in results["timing"])
+    vis = results["visualizations"]
+    assert vis["edge-energy prior"]["mean_edge_energy"] < vis["no prior"]["mean_edge_energy"]
+    assert vis["no prior"]["predicted_as_target"] >= 8
     assert "changed_at_2x_radius" in results["random_sphere"]
     assert torch.get_num_threads() == threads  # the demo gives the thread count back
     assert results["model_source"].startswith("loaded from")  # the fixture trained and cached it

@@ -10,7 +10,6 @@ from advx import viz
 from advx.models import DigitsCNN, train_digits_cnn
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-HAS_EDGE_ENERGY = hasattr(advx, "EdgeEnergy")
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +38,7 @@ def assert_png(path, min_size=(10, 10)):
         assert im.size[0] >= min_size[0] and im.size[1] >= min_size[1]
 
 
-@pytest.mark.parametrize("prior_weight", [0.0, pytest.param(1.0, marks=pytest.mark.skipif(
-    not HAS_EDGE_ENERGY, reason="advx.EdgeEnergy not merged into this branch yet"))])
+@pytest.mark.parametrize("prior_weight", [0.0, 1.0])
 def test_maximize_response_increases_the_class_logit(digits_model, prior_weight, device):
     model = digits_model.to(device)
     with torch.no_grad():
@@ -158,7 +156,6 @@ def test_the_prior_is_subtracted():
     assert held.image.norm() < 0.5 * free.image.norm()
 
 
-@pytest.mark.skipif(not HAS_EDGE_ENERGY, reason="advx.EdgeEnergy not merged into this branch yet")
 def test_default_prior_is_edge_energy_and_smooths(digits_model):
     from advx.ops import edge_energy
 

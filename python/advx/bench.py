@@ -47,14 +47,13 @@ def _cases(x: torch.Tensor) -> dict[str, tuple[Callable, Callable]]:
                                      lambda n=norm, e=eps: ref.project_(delta, e, n))
         cases[f"pgd_step_ {norm}"] = (lambda n=norm, e=eps: ops.pgd_step_(x, grad, orig, e, e / 4, n),
                                       lambda n=norm, e=eps: ref.pgd_step_(x, grad, orig, e, e / 4, n))
-    if hasattr(ops, "edge_energy") and hasattr(ref, "edge_energy"):
-        cases["edge_energy"] = (lambda: ops.edge_energy(x), lambda: ref.edge_energy(x))
-        xg = x.clone().requires_grad_()
+    cases["edge_energy"] = (lambda: ops.edge_energy(x), lambda: ref.edge_energy(x))
+    xg = x.clone().requires_grad_()
 
-        def fwd_bwd(fn):
-            return lambda: torch.autograd.grad(fn(xg).sum(), [xg])
+    def fwd_bwd(fn):
+        return lambda: torch.autograd.grad(fn(xg).sum(), [xg])
 
-        cases["edge_energy fwd+bwd"] = (fwd_bwd(ops.edge_energy), fwd_bwd(ref.edge_energy))
+    cases["edge_energy fwd+bwd"] = (fwd_bwd(ops.edge_energy), fwd_bwd(ref.edge_energy))
     return cases
 
 

@@ -131,9 +131,7 @@ def _random_sphere(model, images, labels, cfg: DemoConfig):
 
 def _visualizations(model, cfg: DemoConfig, device, out: Path):
     classes = list(range(10))
-    runs = {"no prior": dict(prior_weight=0.0)}
-    if hasattr(advx, "EdgeEnergy"):
-        runs["edge-energy prior"] = dict(prior_weight=1.0)
+    runs = {"no prior": dict(prior_weight=0.0), "edge-energy prior": dict(prior_weight=1.0)}
     images, titles, summary = [], [], {}
     for label, kwargs in runs.items():
         v = viz.maximize_response(model, classes, shape=(1, 1, 8, 8), steps=cfg.viz_steps, lr=0.1,
@@ -145,9 +143,8 @@ def _visualizations(model, cfg: DemoConfig, device, out: Path):
         summary[label] = {"predicted_as_target": int((pred.cpu() == torch.tensor(classes)).sum()),
                           "mean_confidence": float(conf.mean()),
                           "mean_logit": float(v.response.mean()),
-                          "pixel_std": float(v.image.std())}
-        if hasattr(advx.ops, "edge_energy"):
-            summary[label]["mean_edge_energy"] = float(advx.ops.edge_energy(v.image).mean())
+                          "pixel_std": float(v.image.std()),
+                          "mean_edge_energy": float(advx.ops.edge_energy(v.image).mean())}
     path = viz.plot_grid(torch.cat(images), titles, out / "class_visualizations.png", ncols=10,
                          title="maximize each class logit: " + " / ".join(f"row {i + 1}: {k}" for i, k in enumerate(runs)))
     return summary, path
@@ -210,7 +207,7 @@ def _report(results: dict, out: Path) -> str:
     lines += ["| run | predicted as target | mean confidence | mean logit | pixel std | mean edge energy |",
               "|---|---:|---:|---:|---:|---:|"]
     lines += [f"| {k} | {v['predicted_as_target']}/10 | {v['mean_confidence']:.3f} | {v['mean_logit']:.1f} | "
-              f"{v['pixel_std']:.3f} | {v.get('mean_edge_energy', float('nan')):.1f} |"
+              f"{v['pixel_std']:.3f} | {v['mean_edge_energy']:.1f} |"
               for k, v in r["visualizations"].items()]
     lines += ["", "![class visualizations](class_visualizations.png)", "",
               "## Fused ops vs reference on this machine", "",

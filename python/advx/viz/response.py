@@ -8,6 +8,8 @@ from typing import Callable, NamedTuple, Sequence
 import torch
 from torch import nn
 
+from ..prior import EdgeEnergy
+
 __all__ = ["Visualization", "maximize_response", "render", "layer_names"]
 
 
@@ -108,12 +110,7 @@ def maximize_response(model: nn.Module, target, *, steps: int = 250, lr: float =
     if layer is not None and (not layer or layer not in modules):
         raise ValueError(f"layer {layer!r} is not a module of the model; valid names: {', '.join(layer_names(model))}")
     if prior_weight > 0 and prior is None:
-        import advx
-
-        if not hasattr(advx, "EdgeEnergy"):
-            raise RuntimeError("the default prior advx.EdgeEnergy is not in this build of advx: "
-                               "pass prior= (a callable x -> [B]) or prior_weight=0")
-        prior = advx.EdgeEnergy()
+        prior = EdgeEnergy()
     if isinstance(prior, nn.Module):
         prior = prior.to(device)
 
