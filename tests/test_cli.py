@@ -123,8 +123,9 @@ def test_attack_on_saved_model_and_folder(tmp_path, digits_model, image_folder, 
     assert summary["n_images"] == 12 and summary["clean_accuracy"] >= 0.9
     assert summary["robust_accuracy"] < summary["clean_accuracy"]
     assert summary["mean_norm"] <= 0.2 + 1e-6
-    saved = sorted((out_dir / "adversarial").iterdir())
-    assert len(saved) == 12 and saved[0].name == "img00.png"
+    saved = sorted((out_dir / "adversarial").rglob("*.png"))
+    expected = sorted(p.relative_to(image_folder) for p in image_folder.rglob("*.png"))
+    assert [p.relative_to(out_dir / "adversarial") for p in saved] == expected
     with Image.open(saved[0]) as im:
         assert im.size == (8, 8)
     assert (out_dir / "examples.png").read_bytes()[:8] == PNG_SIGNATURE

@@ -184,16 +184,18 @@ def cmd_attack(args) -> int:
                               targeted=targeted, optimizer=args.optimizer, lr=args.lr)
     except (TypeError, ValueError, RuntimeError) as e:
         raise CLIError(str(e)) from None
-    advs, success, norms = [], [], []
+    advs, success, norms, clean_pred, adv_probs = [], [], [], [], []
     for i in range(0, len(images), args.batch_size):
-        res = atk.run(images[i:i + args.batch_size], labels[i:i + args.batch_size])
+        x, y = images[i:i + args.batch_size], labels[i:i + args.batch_size]
+        res = atk.run(x, y)
+        with torch.no_grad():
+            clean_pred.append(model(x).argmax(1))
+            adv_probs.append(model(res.adv).softmax(1))
         advs.append(res.adv)
         success.append(res.success)
         norms.append(res.norm)
     adv, success, norms = torch.cat(advs), torch.cat(success), torch.cat(norms)
-    with torch.no_grad():
-        clean_pred = model(images).argmax(1)
-        probs = model(adv).softmax(1)
+    clean_pred, probs = torch.cat(clean_pred), torch.cat(adv_probs)
     summary = {"model": args.model, "attack": atk.name, "norm": atk.norm, "eps": eps, "targeted": targeted,
                "n_images": len(images), "success_rate": float(success.float().mean()),
                "mean_norm": float(norms.mean())}
@@ -203,9 +205,11 @@ def cmd_attack(args) -> int:
     print(json.dumps(summary, indent=2))
     if args.out:
         out = Path(args.out)
-        names = [Path(f).stem for f in files] if files else [f"{i:05d}" for i in range(len(images))]
+        # the folder's layout is kept, so cat/1.png and dog/1.png do not collide
+        names = ([Path(f).relative_to(args.images).with_suffix(".png") for f in files] if files
+                 else [Path(f"{i:05d}.png") for i in range(len(images))])
         for name, img in zip(names, adv):
-            viz.save_image(img, out / "adversarial" / f"{name}.png")
+            viz.save_image(img, out / "adversarial" / name)
         with torch.no_grad():
             p0 = model(images[:4]).softmax(1).max(1)
         p1 = probs[:4].max(1)
