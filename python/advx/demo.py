@@ -102,7 +102,8 @@ def _optimizer_comparison(model, images, labels, cfg: DemoConfig):
         res = atk.run(x, target, record_loss=True)
         curves[name] = res.loss_history
         hit = res.first_success[res.first_success >= 0]
-        rows.append({"optimizer": name, "lr": lr, "final_loss": float(res.loss.mean()),
+        rows.append({"optimizer": name, "lr": lr, "initial_loss": res.loss_history[0],
+                     "final_loss": float(res.loss.mean()),
                      "success_rate": res.success_rate, "mean_l2": float(res.norm.mean()),
                      "median_first_success": float(hit.float().median()) if hit.numel() else None})
     return {"targeted": True, "norm": "l2", "eps": eps, "lr": lr, "steps": cfg.optim_steps,
