@@ -42,7 +42,7 @@ class DemoConfig:
     def make(cls, quick: bool) -> "DemoConfig":
         if quick:
             return cls(n_test=200, eps_linf=(0.05, 0.1), eps_l2=(0.5, 1.0), pgd_steps=10,
-                       optim_images=50, optim_steps=30, sphere_images=20, ascent_steps=100, sphere_points=200,
+                       optim_images=50, optim_steps=40, sphere_images=20, ascent_steps=100, sphere_points=200,
                        viz_steps=60, timing_shape=(64, 3, 32, 32))
         return cls(n_test=None, eps_linf=(0.05, 0.1, 0.2), eps_l2=(0.5, 1.0, 2.0), pgd_steps=20,
                    optim_images=100, optim_steps=100, sphere_images=50, ascent_steps=300, sphere_points=1000,
