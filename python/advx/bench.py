@@ -54,13 +54,36 @@ def _cases(x: torch.Tensor) -> dict[str, tuple[Callable, Callable]]:
         return lambda: torch.autograd.grad(fn(xg).sum(), [xg])
 
     cases["edge_energy fwd+bwd"] = (fwd_bwd(ops.edge_energy), fwd_bwd(ref.edge_energy))
+    if hasattr(advx, "optim"):
+        cases["Adam step + L2 ball"] = _constrained_adam(x, grad)
     return cases
+
+
+def _constrained_adam(x: torch.Tensor, grad: torch.Tensor) -> tuple[Callable, Callable]:
+    """One step of projected Adam on a batch of images: advx.optim's fused step against
+    torch.optim.Adam followed by the reference projection and box clamp."""
+    center, eps = x.clone(), 0.5
+    fused_param, plain_param = x.clone(), x.clone()
+    fused_param.grad, plain_param.grad = grad, grad
+    fused = advx.optim.Adam([fused_param], lr=1e-3,
+                            constraint=advx.LpBall(center, eps, "l2", bounds=(0.0, 1.0)))
+    plain = torch.optim.Adam([plain_param], lr=1e-3)
+
+    def unfused():
+        plain.step()
+        with torch.no_grad():
+            delta = plain_param - center
+            advx.reference.project_(delta, eps, "l2")
+            plain_param.copy_((center + delta).clamp_(0.0, 1.0))
+
+    return fused.step, unfused
 
 
 def quick_timing(device="cpu", *, shape=(128, 3, 32, 32), quick: bool = False) -> list[dict]:
     """Rows {op, shape, device, advx_ms, reference_ms, speedup} for every fused op
-    that has a reference, on a float32 batch of ``shape``; speedup > 1 means the
-    fused op is faster. ``quick`` trades accuracy of the medians for time."""
+    that has a reference (for the optimizer: torch.optim.Adam plus the reference
+    projection), on a float32 batch of ``shape``; speedup > 1 means the fused op is
+    faster. ``quick`` trades accuracy of the medians for time."""
     device = torch.device(device)
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(shape, generator=gen).to(device)
