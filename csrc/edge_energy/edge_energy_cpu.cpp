@@ -21,6 +21,7 @@
 
 #include "common/cpu_loops.h"
 #include "common/macros.h"
+#include "edge_energy/edge_energy_levels.h"
 #include "edge_energy/edge_energy_math.h"
 
 namespace advx {
@@ -160,11 +161,9 @@ class Pyramid {
   using T = opmath_t<scalar_t>;
 
   Pyramid(const scalar_t* x, int64_t images, int64_t h, int64_t w) : x_(x) {
-    while (edge::has_level(h, w)) {
-      levels_.push_back({h, w, stored_});
-      if (levels_.size() > 1) stored_ += images * h * w;
-      h = edge::pooled_size(h);
-      w = edge::pooled_size(w);
+    for (const auto& shape : edge::energy_level_shapes(h, w)) {
+      levels_.push_back({shape.h, shape.w, stored_});
+      if (levels_.size() > 1) stored_ += images * shape.size();  // level 0 is x itself
     }
     storage_.reset(new T[static_cast<size_t>(stored_)]);  // uninitialized: every pixel is written
   }
