@@ -173,8 +173,10 @@ def test_opcheck(device):
     torch.library.opcheck(torch.ops.advx.edge_energy.default, (x.requires_grad_(True),))
     grad_energy = torch.randn(2, device=device)
     torch.library.opcheck(torch.ops.advx.edge_energy_backward.default, (grad_energy, x.detach()))
-    torch.library.opcheck(torch.ops.advx.edge_energy.default,
-                          (image((1, 2, 30, 22), torch.float64, device).to(memory_format=torch.channels_last),))
+    x_cl = image((1, 2, 30, 22), torch.float64, device).to(memory_format=torch.channels_last)
+    torch.library.opcheck(torch.ops.advx.edge_energy.default, (x_cl,))
+    torch.library.opcheck(torch.ops.advx.edge_energy_backward.default,
+                          (torch.randn(1, dtype=torch.float64, device=device), x_cl))
 
 
 def test_compile_fullgraph_forward_and_backward(device):
