@@ -1,11 +1,12 @@
 // CPU kernels of edge_energy and edge_energy_backward over edge_energy_math.h.
 //
-// One pyramid level at a time, all images of the batch in one parallel pass over
-// (image, row band) tasks. A task streams its rows through a ring of five row-blurred
-// rows, so the column pass, the residual and its use (square-sum, pooling, the
-// backward's second residual) read rows that are still in cache. Sums are kept per
-// row in double and added in row order, so the result does not depend on the
-// thread count or on how rows were split into bands.
+// Work is cut into (image, level, row band) pieces. A piece streams its rows through a
+// ring of five row-blurred rows, so the column pass, the residual and its use
+// (square-sum and pooling forward, the second residual backward) read rows that are
+// still in cache. Large batches give each thread whole images through every level;
+// small ones split each level of each image into row bands (see kWholeImagesPerThread).
+// Sums are kept per row in double and added in row order, so results do not depend on
+// the thread count or on how rows were split.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
