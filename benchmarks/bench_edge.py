@@ -1,6 +1,6 @@
 """edge_energy forward+backward: advx.ops vs the eager reference vs torch.compile of the
 reference, timed in one run. Standalone: python benchmarks/bench_edge.py [--device cuda]
-[--quick]; prints a table and writes benchmarks/results/edge_energy_<device>.{json,md}."""
+[--quick] [--threads N]; prints a table and writes benchmarks/results/edge_energy_<device>.{json,md}."""
 from __future__ import annotations
 
 import argparse
@@ -68,8 +68,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--no-save", action="store_true", help="print only")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     rows = run(args.device, args.quick)
     dev = torch.device(args.device)
     device_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"

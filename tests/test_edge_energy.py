@@ -80,15 +80,15 @@ def test_forward_224(device, dtype, channels):
 
 
 def test_forward_large_image(device):
-    # Big enough that one image is split into many row bands.
-    x = image((1, 2, 517, 389), torch.float64, device)
+    # One big image: on several threads each level is split into many row bands.
+    x = image((1, 1, 517, 389), torch.float64, device)
     torch.testing.assert_close(edge_energy(x), edge_energy_ref(x))
 
 
 @pytest.mark.parametrize("dtype", FLOATS)
 @pytest.mark.parametrize("shape", [
     (b, c, *size) for size in [(37, 53), (6, 6), (5, 200), (7, 7), (1, 1), (9, 11)] for b, c in [(1, 1), (3, 3)]
-] + [(1, 3, 224, 224)])
+] + [(1, 3, 224, 224), (1, 1, 130, 70)])
 def test_backward_matches_autograd_through_reference(device, dtype, shape):
     batch, _, *size = shape
     x = image(shape, dtype, device)
@@ -173,8 +173,10 @@ def test_opcheck(device):
     torch.library.opcheck(torch.ops.advx.edge_energy.default, (x.requires_grad_(True),))
     grad_energy = torch.randn(2, device=device)
     torch.library.opcheck(torch.ops.advx.edge_energy_backward.default, (grad_energy, x.detach()))
-    torch.library.opcheck(torch.ops.advx.edge_energy.default,
-                          (image((1, 2, 30, 22), torch.float64, device).to(memory_format=torch.channels_last),))
+    x_cl = image((1, 2, 30, 22), torch.float64, device).to(memory_format=torch.channels_last)
+    torch.library.opcheck(torch.ops.advx.edge_energy.default, (x_cl,))
+    torch.library.opcheck(torch.ops.advx.edge_energy_backward.default,
+                          (torch.randn(1, dtype=torch.float64, device=device), x_cl))
 
 
 def test_compile_fullgraph_forward_and_backward(device):
@@ -214,13 +216,15 @@ def test_inputs_unchanged(device):
     assert not torch.equal(g, torch.zeros_like(g))
 
 
-def test_deterministic_across_thread_counts():
-    x = image((2, 3, 224, 130), torch.float32, "cpu").requires_grad_(True)
+@pytest.mark.parametrize("channels", [1, 3])
+def test_deterministic_across_thread_counts(channels):
+    # 2 images on 3-4 threads run in row bands, on 1-2 threads as whole images.
+    x = image((2, channels, 224, 130), torch.float32, "cpu").requires_grad_(True)
     grad_energy = torch.randn(2)
     threads = torch.get_num_threads()
     results = []
     try:
-        for n in [1, 2, 3]:
+        for n in [1, 2, 3, 4]:
             torch.set_num_threads(n)
             energy = edge_energy(x)
             (g,) = torch.autograd.grad(energy, x, grad_energy)

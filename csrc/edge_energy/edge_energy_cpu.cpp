@@ -1,11 +1,12 @@
 // CPU kernels of edge_energy and edge_energy_backward over edge_energy_math.h.
 //
-// One pyramid level at a time, all images of the batch in one parallel pass over
-// (image, row band) tasks. A task streams its rows through a ring of five row-blurred
-// rows, so the column pass, the residual and its use (square-sum, pooling, the
-// backward's second residual) read rows that are still in cache. Sums are kept per
-// row in double and added in row order, so the result does not depend on the
-// thread count or on how rows were split into bands.
+// Work is cut into (image, level, row band) pieces. A piece streams its rows through a
+// ring of five row-blurred rows, so the column pass, the residual and its use
+// (square-sum and pooling forward, the second residual backward) read rows that are
+// still in cache. Large batches give each thread whole images through every level;
+// small ones split each level of each image into row bands (see whole_images).
+// Sums are kept per row in double and added in row order, so results do not depend on
+// the thread count or on how rows were split.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -21,6 +22,7 @@
 
 #include "common/cpu_loops.h"
 #include "common/macros.h"
+#include "edge_energy/edge_energy_levels.h"
 #include "edge_energy/edge_energy_math.h"
 
 namespace advx {
@@ -160,11 +162,9 @@ class Pyramid {
   using T = opmath_t<scalar_t>;
 
   Pyramid(const scalar_t* x, int64_t images, int64_t h, int64_t w) : x_(x) {
-    while (edge::has_level(h, w)) {
-      levels_.push_back({h, w, stored_});
-      if (levels_.size() > 1) stored_ += images * h * w;
-      h = edge::pooled_size(h);
-      w = edge::pooled_size(w);
+    for (const auto& shape : edge::energy_level_shapes(h, w)) {
+      levels_.push_back({shape.h, shape.w, stored_});
+      if (levels_.size() > 1) stored_ += images * shape.size();  // level 0 is x itself
     }
     storage_.reset(new T[static_cast<size_t>(stored_)]);  // uninitialized: every pixel is written
   }
@@ -220,13 +220,12 @@ std::pair<int64_t, int64_t> pooled_rows_of_band(int64_t h, int64_t y0, int64_t y
 constexpr int64_t kSerialPixels = 1 << 14;
 // Bands are at least this many rows: each band re-blurs 4 halo rows.
 constexpr int64_t kMinBandRows = 32;
-// With this many images per thread, a task takes whole images through every level: one
-// fork for the whole op and the image's pyramid stays in cache. With fewer, each level
-// is split into row bands so that every thread gets work.
-constexpr int64_t kWholeImagesPerThread = 4;
-
+// With at least one image per thread, a task takes whole images through every level:
+// one fork-join for the whole op (each join waits for the slowest thread, which on a
+// busy machine can be a scheduler time slice) and the image's pyramid stays in cache.
+// With fewer images, each level is split into row bands so that every thread gets work.
 bool whole_images(int64_t images) {
-  return images >= kWholeImagesPerThread * at::get_num_threads();
+  return images >= at::get_num_threads();
 }
 
 // f(image, scratch) for every image, in parallel, one RowScratch per thread chunk.
