@@ -1,6 +1,6 @@
 """edge_energy forward+backward: advx.ops vs the eager reference vs torch.compile of the
 reference, timed in one run. Standalone: python benchmarks/bench_edge.py [--device cuda]
-[--quick] [--threads N]; prints a table and writes benchmarks/results/edge_energy_<device>.{json,md}."""
+[--quick] [--threads N]; prints a table and writes benchmarks/results/edge_energy_<device>[_<N>t].{json,md}."""
 from __future__ import annotations
 
 import argparse
@@ -83,7 +83,8 @@ def main() -> None:
     if not args.no_save:
         out_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
         os.makedirs(out_dir, exist_ok=True)
-        stem = os.path.join(out_dir, f"edge_energy_{dev.type}")
+        suffix = f"_{args.threads}t" if args.threads else ""
+        stem = os.path.join(out_dir, f"edge_energy_{dev.type}{suffix}")
         with open(stem + ".json", "w") as f:
             json.dump({"device": device_name, "torch": torch.__version__, "date": header.rsplit(", ", 1)[1],
                        "build_info": advx.build_info(), "rows": rows}, f, indent=1)
