@@ -25,6 +25,7 @@ $(STAMP): Makefile
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$(TORCH_SPEC)"
 	$(PIP) install -q $(DEPS)
+	$(PIP) install -q --no-deps torchattacks==3.5.1
 	touch $@
 
 # Editable, rebuilt on import when csrc/ changes; never build isolation (it would

@@ -32,3 +32,9 @@ def _skip_missing_device(request):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def digits_cache_dir(tmp_path_factory):
+    """One cache directory per test session: the digits CNN is trained once and shared."""
+    return tmp_path_factory.getbasetemp() / "advx-cache"

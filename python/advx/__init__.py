@@ -10,6 +10,10 @@ from . import _C  # noqa: F401  (registers torch.ops.advx.*)
 from . import ops, reference
 from . import optim
 from .constraints import Box, LpBall
+from .prior import EdgeEnergy
+from . import attacks, eval, nn  # noqa: A004  (advx.eval, advx.nn are submodules)
+from . import viz
+from .nn import Normalize
 
 __version__ = "0.1.0"
 
@@ -19,4 +23,5 @@ def build_info() -> dict:
     return dict(_C.build_info())
 
 
-__all__ = ["ops", "reference", "optim", "LpBall", "Box", "build_info", "__version__"]
+__all__ = ["ops", "reference", "optim", "attacks", "eval", "nn", "viz", "Normalize", "EdgeEnergy",
+           "LpBall", "Box", "build_info", "__version__"]

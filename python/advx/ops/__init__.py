@@ -1,5 +1,6 @@
 """Fused operators (torch.ops.advx.*) behind Python signatures that match advx.reference."""
+from .edge_energy import edge_energy
 from .optim import adagrad_step_, adam_step_, rmsprop_step_, sgd_step_
 from .project import pgd_step_, project_
 
-__all__ = ["project_", "pgd_step_", "sgd_step_", "adagrad_step_", "rmsprop_step_", "adam_step_"]
+__all__ = ["project_", "pgd_step_", "edge_energy", "sgd_step_", "adagrad_step_", "rmsprop_step_", "adam_step_"]

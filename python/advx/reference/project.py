@@ -1,6 +1,8 @@
 """Plain-PyTorch project_ and pgd_step_ (DESIGN.md's formulas, line for line)."""
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -12,7 +14,8 @@ def per_sample(value, x: torch.Tensor):
 
 
 def l2_norms(v: torch.Tensor) -> torch.Tensor:
-    return v.reshape(v.shape[0], -1).norm(p=2, dim=1).reshape(-1, *([1] * (v.dim() - 1)))
+    flat = v.reshape(v.shape[0], math.prod(v.shape[1:]))
+    return flat.norm(p=2, dim=1).reshape(-1, *([1] * (v.dim() - 1)))
 
 
 @torch.no_grad()
@@ -30,7 +33,6 @@ def project_(delta: torch.Tensor, eps, norm: str = "linf") -> torch.Tensor:
 @torch.no_grad()
 def pgd_step_(x_adv, grad, x_orig, eps, alpha, norm="linf", bounds=(0.0, 1.0)):
     eps, alpha = per_sample(eps, x_adv), per_sample(alpha, x_adv)
-    lo, hi = (None, None) if bounds is None else bounds
     if norm == "linf":
         delta = torch.clamp(x_adv + alpha * grad.sign() - x_orig, -eps, eps)
     elif norm == "l2":
@@ -39,4 +41,5 @@ def pgd_step_(x_adv, grad, x_orig, eps, alpha, norm="linf", bounds=(0.0, 1.0)):
         delta = delta * torch.clamp(eps / l2_norms(delta), max=1.0)
     else:
         raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
-    return x_adv.copy_(torch.clamp(x_orig + delta, lo, hi))
+    x = x_orig + delta
+    return x_adv.copy_(x if bounds is None else torch.clamp(x, *bounds))

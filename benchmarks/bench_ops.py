@@ -1,0 +1,126 @@
+"""Benchmark advx's fused ops against the eager reference and torch.compile(reference),
+and advx.optim against torch.optim, all in one run on one device.
+
+    python benchmarks/bench_ops.py [--device cpu|cuda] [--quick] [--out benchmarks/results]
+
+Writes <out>/<device-name>-<date>.json (raw rows) and .md (tables)."""
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib
+import json
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import compare, copy_gbps  # noqa: E402
+
+import advx  # noqa: E402
+from advx import ops, reference  # noqa: E402
+
+
+def device_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+
+
+def _compiled(fn):
+    return torch.compile(fn, dynamic=False)
+
+
+def pgd_cases(device: str, quick: bool) -> list[dict]:
+    rows = []
+    if device == "cuda":
+        flat = [1 << 20, 16 << 20, 64 << 20]
+        l2_shapes = [(256, 3, 32, 32), (4096, 784), (8, 3, 512, 512)]
+    else:
+        flat = [1 << 16, 4 << 20]
+        l2_shapes = [(256, 3, 32, 32), (4096, 784), (8, 3, 256, 256)]
+    if quick:
+        flat, l2_shapes = flat[:1] + flat[-1:], l2_shapes[:1]
+    ref_pgd, ref_proj = _compiled(reference.pgd_step_), _compiled(reference.project_)
+    shapes = [("linf", (n // 1024, 1024)) for n in flat] + [("l2", s) for s in l2_shapes]
+    shapes += [("l2", (n // 1024, 1024)) for n in flat[-1:]]
+    for norm, shape in shapes:
+        x = torch.rand(shape, device=device)
+        g, xo = torch.randn_like(x), torch.rand_like(x)
+        eps, alpha = (8 / 255, 2 / 255) if norm == "linf" else (0.5, 0.1)
+        nbytes = 4 * x.numel() * x.element_size()  # reads x, g, x_orig; writes x
+        size = "x".join(map(str, shape))
+        rows += compare(f"pgd_step_ {norm}", size, {
+            "advx": lambda: ops.pgd_step_(x, g, xo, eps, alpha, norm),
+            "eager reference": lambda: reference.pgd_step_(x, g, xo, eps, alpha, norm),
+            "torch.compile(reference)": lambda: ref_pgd(x, g, xo, eps, alpha, norm),
+        }, device, nbytes=nbytes, copy=copy_gbps(nbytes, device))
+        d = torch.randn_like(x) * 0.01
+        nbytes = 2 * d.numel() * d.element_size()
+        rows += compare(f"project_ {norm}", size, {
+            "advx": lambda: ops.project_(d, eps, norm),
+            "eager reference": lambda: reference.project_(d, eps, norm),
+            "torch.compile(reference)": lambda: ref_proj(d, eps, norm),
+        }, device, nbytes=nbytes, copy=copy_gbps(nbytes, device))
+    return rows
+
+
+def optional_cases(module: str, device: str, quick: bool) -> list[dict]:
+    """Benchmarks of other op families, when their module exists."""
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError:
+        return []
+    return mod.run(device=device, quick=quick)
+
+
+def markdown(rows: list[dict], meta: dict) -> str:
+    lines = [f"# advx benchmark: {meta['device_name']}", "",
+             f"torch {meta['torch']}, advx {meta['advx']}, {meta['date']}; medians of repeated runs, "
+             "all implementations timed in the same run. `advx x` = how many times faster advx is.", ""]
+    lines += ["| case | size | impl | median ms | advx x | GB/s | % of copy |",
+              "|---|---|---|---:|---:|---:|---:|"]
+    for r in rows:
+        gb = f"{r['gbps']:.1f}" if "gbps" in r else ""
+        pct = f"{r['pct_copy']:.0f}%" if "pct_copy" in r else ""
+        ratio = f"{r['speedup_of_advx']:.2f}" if "speedup_of_advx" in r else ""
+        lines.append(f"| {r['case']} | {r['size']} | {r['impl']} | {r['median_ms']:.3f} | {ratio} | {gb} | {pct} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--quick", action="store_true", help="fewer sizes")
+    p.add_argument("--only", choices=["pgd", "edge", "optim"], action="append",
+                   help="run only these groups (repeatable)")
+    p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    args = p.parse_args(argv)
+    groups = args.only or ["pgd", "edge", "optim"]
+    rows = []
+    if "pgd" in groups:
+        rows += pgd_cases(args.device, args.quick)
+    if "edge" in groups:
+        rows += optional_cases("bench_edge", args.device, args.quick)
+    if "optim" in groups:
+        rows += optional_cases("bench_optim", args.device, args.quick)
+    meta = {
+        "device": args.device, "device_name": device_name(args.device), "torch": torch.__version__,
+        "cuda": torch.version.cuda, "advx": advx.__version__, "build": advx.build_info(),
+        "date": datetime.date.today().isoformat(), "threads": torch.get_num_threads(),
+    }
+    text = markdown(rows, meta)
+    print(text)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"ops-{args.device}-{meta['date']}"
+    (out / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    (out / f"{stem}.md").write_text(text)
+    print(f"wrote {out / stem}.json and .md")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

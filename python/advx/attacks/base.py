@@ -1,0 +1,268 @@
+"""The one attack loop every attack runs, its result, and the argument checks.
+
+An attack is an *objective* to ascend per sample (cross-entropy of the true label,
+or minus that of a target label) plus an *update* of the adversarial input from
+the gradient of that objective. The loop takes the gradient with respect to the
+input only (never the parameters), records per-sample success, and leaves the
+model in the train/eval state it was given.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+from dataclasses import dataclass, field
+from numbers import Integral, Real
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+from ..ops._checks import bounds_pair
+
+__all__ = ["Attack", "AttackResult"]
+
+
+@dataclass
+class AttackResult:
+    """What one attack run produced, per sample.
+
+    ``loss`` is the final cross-entropy against ``labels`` (the true labels, or the
+    target labels of a targeted attack); ``norm`` the size of ``adv - images`` in
+    the attack's norm; ``first_success`` the number of updates after which the
+    sample was first adversarial (0: already at the start) or -1 if never;
+    ``loss_history`` the batch mean of that loss at every iterate (``record_loss``).
+    """
+
+    adv: torch.Tensor
+    success: torch.Tensor
+    loss: torch.Tensor
+    norm: torch.Tensor
+    first_success: torch.Tensor
+    loss_history: list = field(default_factory=list)
+
+    @property
+    def success_rate(self) -> float:
+        return float(self.success.float().mean()) if self.success.numel() else float("nan")
+
+
+@contextlib.contextmanager
+def eval_mode(model):
+    """Run ``model`` in eval mode (deterministic dropout, frozen batch-norm
+    statistics), then restore every submodule's own flag, mixed states included."""
+    modules = list(model.modules()) if isinstance(model, torch.nn.Module) else []
+    flags = [m.training for m in modules]
+    try:
+        for m in modules:
+            m.training = False
+        yield
+    finally:
+        for m, flag in zip(modules, flags):
+            m.training = flag
+
+
+def check_model(model) -> None:
+    if not callable(model):
+        raise TypeError(f"model must be callable (an nn.Module), got {type(model).__name__}")
+
+
+def check_budget(value, name: str, *, allow_none: bool = False):
+    """A positive finite float or a 0-/1-D tensor of them; returned unchanged
+    (the batch size is checked at run time)."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, torch.Tensor):
+        if value.dim() > 1:
+            raise ValueError(f"{name} must be a float or a 1-D tensor (one per sample), got shape {tuple(value.shape)}")
+        if value.is_complex() or value.dtype == torch.bool:
+            raise TypeError(f"{name} must be a real tensor, got dtype {value.dtype}")
+        if value.numel() == 0 or not bool(((value > 0) & torch.isfinite(value)).all()):
+            raise ValueError(f"{name} must be positive and finite, got {value.tolist()}")
+        return value.detach()
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name} must be a float or a tensor, got {type(value).__name__}")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be positive and finite, got {value}")
+    return float(value)
+
+
+def check_steps(steps) -> int:
+    if isinstance(steps, bool) or not isinstance(steps, Integral):
+        raise TypeError(f"steps must be an int, got {type(steps).__name__}")
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    return int(steps)
+
+
+def check_seed(seed) -> Optional[int]:
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, Integral)):
+        raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
+    return seed
+
+
+def per_sample(value, x: torch.Tensor):
+    """A float stays a float; a tensor becomes [B, 1, ..., 1] on x's device and dtype."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device=x.device, dtype=x.dtype).expand(x.shape[0]).reshape(-1, *([1] * (x.dim() - 1)))
+    return value
+
+
+def sample_norms(delta: torch.Tensor, norm: str) -> torch.Tensor:
+    flat = delta.reshape(delta.shape[0], -1)
+    if norm == "linf":
+        return flat.abs().amax(dim=1)
+    return torch.linalg.vector_norm(flat, dim=1)
+
+
+def clamp_box(x: torch.Tensor, bounds) -> torch.Tensor:
+    lo, hi = bounds_pair(bounds)
+    if math.isinf(lo) and math.isinf(hi):
+        return x
+    return x.clamp_(min=None if math.isinf(lo) else lo, max=None if math.isinf(hi) else hi)
+
+
+class Attack:
+    """Base class: ``adv = atk(images, labels)`` or ``res = atk.run(images, labels)``.
+
+    Subclasses set ``name``, ``norm``, ``eps`` and implement ``_attack``.
+    ``targeted=True`` means ``labels`` are the target classes. The model runs in eval
+    mode during the attack (dropout off, batch-norm statistics untouched) and gets its
+    own train/eval flags back afterwards.
+    """
+
+    name = "Attack"
+    norm = "l2"
+    eps = None
+
+    def __init__(self, model, *, targeted: bool = False, bounds=(0.0, 1.0)):
+        check_model(model)
+        if not isinstance(targeted, bool):
+            raise TypeError(f"targeted must be a bool, got {type(targeted).__name__}")
+        if bounds is not None:
+            bounds = bounds_pair(bounds)
+        self.model = model
+        self.targeted = targeted
+        self.bounds = bounds
+
+    def __repr__(self) -> str:
+        eps = self.eps.tolist() if isinstance(self.eps, torch.Tensor) else self.eps
+        return f"{type(self).__name__}(name={self.name!r}, norm={self.norm!r}, eps={eps}, targeted={self.targeted})"
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self._run(images, labels, record_loss=False, report=False).adv
+
+    def with_eps(self, eps) -> "Attack":
+        """A copy of this attack with another budget (float or per-sample tensor)."""
+        if self.eps is None:
+            raise TypeError(f"{self.name} has no eps budget")
+        other = copy.copy(self)
+        other.eps = check_budget(eps, "eps")
+        return other
+
+    def run(self, images: torch.Tensor, labels: torch.Tensor, *, record_loss: bool = False) -> AttackResult:
+        """The attack with its per-sample record (see ``AttackResult``)."""
+        return self._run(images, labels, record_loss=record_loss, report=True)
+
+    def _run(self, images, labels, *, record_loss: bool, report: bool) -> AttackResult:
+        if torch.is_inference_mode_enabled():
+            raise RuntimeError("attacks need gradients: call them outside torch.inference_mode()")
+        images, labels = self._check_inputs(images, labels)
+        if images.shape[0] == 0:
+            empty_b = images.new_zeros((0,))
+            return AttackResult(images.clone(), torch.zeros(0, dtype=torch.bool, device=images.device),
+                                empty_b, empty_b.clone(), torch.zeros(0, dtype=torch.int64, device=images.device))
+        with eval_mode(self.model), torch.enable_grad():
+            return self._attack(images, labels, record_loss, report)
+
+    def _attack(self, images, labels, record_loss, report=True) -> AttackResult:
+        raise NotImplementedError
+
+    # -- pieces the subclasses use ------------------------------------------------
+
+    def _check_inputs(self, images, labels):
+        if not isinstance(images, torch.Tensor) or not images.is_floating_point():
+            raise TypeError(f"images must be a floating point torch.Tensor, got "
+                            f"{images.dtype if isinstance(images, torch.Tensor) else type(images).__name__}")
+        if images.dim() < 2:
+            raise ValueError(f"images must be batched [B, ...] with at least 2 dims, got shape {tuple(images.shape)}")
+        if images.shape[0] and images[0].numel() == 0:
+            raise ValueError(f"images has empty samples, shape {tuple(images.shape)}")
+        if not isinstance(labels, torch.Tensor) or labels.is_floating_point() or labels.is_complex() \
+                or labels.dtype == torch.bool:
+            raise TypeError(f"labels must be an integer torch.Tensor of class indices, got "
+                            f"{labels.dtype if isinstance(labels, torch.Tensor) else type(labels).__name__}")
+        if labels.shape != images.shape[:1]:
+            raise ValueError(f"labels must have shape [{images.shape[0]}] (one per image), got {tuple(labels.shape)}")
+        if labels.device != images.device:
+            raise ValueError(f"labels is on {labels.device} but images is on {images.device}")
+        if images.numel():
+            if not bool(torch.isfinite(images).all()):
+                raise ValueError("images contains NaN or inf")
+            if self.bounds is not None:
+                lo, hi = self.bounds
+                if float(images.min()) < lo or float(images.max()) > hi:
+                    raise ValueError(
+                        f"images must lie in bounds {self.bounds} (pixel space; wrap a model trained on "
+                        f"normalized inputs in advx.Normalize), got range [{float(images.min())}, {float(images.max())}]")
+        if isinstance(self.eps, torch.Tensor) and self.eps.dim() == 1 and self.eps.shape[0] != images.shape[0]:
+            raise ValueError(f"eps has {self.eps.shape[0]} per-sample budgets but images has {images.shape[0]} samples")
+        return images.detach(), labels.detach().long()
+
+    def _objective(self, images, x_adv, logits, labels) -> tuple[torch.Tensor, torch.Tensor]:
+        """(objective to ascend, cross-entropy) per sample."""
+        if logits.dtype not in (torch.float32, torch.float64):
+            logits = logits.float()  # half-precision logits: the loss in float32
+        ce = F.cross_entropy(logits, labels, reduction="none")
+        return (-ce if self.targeted else ce), ce
+
+    def _success(self, logits, labels) -> torch.Tensor:
+        pred = logits.argmax(dim=1)
+        return pred == labels if self.targeted else pred != labels
+
+    def _loop(self, images, labels, x_adv, steps: int, update: Callable, *, record_loss: bool,
+              early_stop: bool, mean_grad: bool, report: bool = True) -> AttackResult:
+        """Ascend the objective from ``x_adv`` (a leaf that requires grad) for ``steps``
+        updates, ``update(x_adv, grad)`` doing one in place.
+
+        ``mean_grad``: the gradient of the batch mean (what sign and normalized-gradient
+        steps of other attack libraries use; those steps do not depend on its scale),
+        else of the sum, so that an optimizer's ``lr`` means the same for any batch size.
+        ``report=False`` (``atk(images, labels)``) skips the final forward pass that only
+        the per-sample record needs.
+        """
+        batch = images.shape[0]
+        first = torch.full((batch,), -1, dtype=torch.int64, device=images.device)
+        history = []
+        done_steps = steps
+        for step in range(steps):
+            logits = self.model(x_adv)
+            objective, ce = self._objective(images, x_adv, logits, labels)
+            (grad,) = torch.autograd.grad(objective.mean() if mean_grad else objective.sum(), x_adv)
+            success = self._success(logits.detach(), labels)
+            first = torch.where(success & (first < 0), step, first)
+            if record_loss:
+                history.append(float(ce.detach().mean()))
+            if early_stop:
+                done = first >= 0
+                if bool(done.all()):
+                    done_steps = step
+                    break
+                kept = x_adv.detach().clone()
+            update(x_adv, grad)
+            if early_stop:
+                with torch.no_grad():
+                    x_adv.copy_(torch.where(done.reshape(-1, *([1] * (images.dim() - 1))), kept, x_adv))
+        if not report:
+            return AttackResult(adv=x_adv.detach().clone(), success=None, loss=None, norm=None,
+                                first_success=None)
+        with torch.no_grad():
+            adv = x_adv.detach()
+            logits = self.model(adv)
+            _, ce = self._objective(images, adv, logits, labels)
+            success = self._success(logits, labels)
+            first = torch.where(success & (first < 0), done_steps, first)
+            if record_loss and done_steps == steps:
+                history.append(float(ce.mean()))
+            return AttackResult(adv=adv.clone(), success=success, loss=ce.to(images.dtype),
+                                norm=sample_norms(adv - images, self.norm), first_success=first,
+                                loss_history=history)

@@ -1,0 +1,172 @@
+"""PGD (L-inf / L2, any optimizer on the perturbation) and FGSM, its one-step case.
+
+``optimizer="sign"`` is the classic attack: one fused ``advx.ops.pgd_step_`` per
+iteration (sign or normalized gradient step, projection onto the ball, box clamp).
+The other optimizers run ``advx.optim`` with the ball-and-box constraint fused into
+their step.
+"""
+from __future__ import annotations
+
+import importlib
+
+import torch
+
+from .. import ops
+from ..ops._checks import check_norm
+from .base import Attack, AttackResult, check_budget, check_seed, check_steps, clamp_box, per_sample, sample_norms
+
+__all__ = ["PGD", "FGSM", "OPTIMIZERS"]
+
+OPTIMIZERS = ("sign", "sgd", "momentum", "adagrad", "rmsprop", "adam")
+
+
+def optim_api():
+    """(advx.optim, advx.LpBall, advx.Box or None), or None where this build does not
+    have advx.optim yet."""
+    pkg = importlib.import_module("advx")
+    optim = getattr(pkg, "optim", None)
+    if optim is None:
+        try:
+            optim = importlib.import_module("advx.optim")
+        except ImportError:
+            return None
+    constraints = getattr(pkg, "constraints", None)
+    ball = getattr(pkg, "LpBall", None) or getattr(optim, "LpBall", None) or getattr(constraints, "LpBall", None)
+    box = getattr(pkg, "Box", None) or getattr(optim, "Box", None) or getattr(constraints, "Box", None)
+    return None if ball is None else (optim, ball, box)
+
+
+def make_optimizer(optimizer: str, params, lr: float, *, maximize: bool, constraint=None):
+    """An advx.optim optimizer over ``params`` with default hyper-parameters."""
+    api = optim_api()
+    if api is None:
+        raise RuntimeError(f"optimizer={optimizer!r} needs advx.optim and advx.LpBall, "
+                           "which this build of advx does not have; use optimizer='sign'")
+    optim = api[0]
+    kwargs = dict(lr=lr, maximize=maximize, constraint=constraint)
+    if optimizer == "sgd":
+        return optim.SGD(params, **kwargs)
+    if optimizer == "momentum":
+        return optim.SGD(params, momentum=0.9, **kwargs)
+    if optimizer == "adagrad":
+        return optim.Adagrad(params, **kwargs)
+    if optimizer == "rmsprop":
+        return optim.RMSprop(params, **kwargs)
+    if optimizer == "adam":
+        return optim.Adam(params, **kwargs)
+    raise ValueError(f"optimizer must be one of {OPTIMIZERS[1:]}, got {optimizer!r}")
+
+
+def check_optimizer(optimizer, allowed=OPTIMIZERS) -> str:
+    if optimizer not in allowed:
+        raise ValueError(f"optimizer must be one of {allowed}, got {optimizer!r}")
+    if optimizer != "sign" and optim_api() is None:
+        raise RuntimeError(f"optimizer={optimizer!r} needs advx.optim and advx.LpBall, "
+                           "which this build of advx does not have; use optimizer='sign'")
+    return optimizer
+
+
+def generator(seed, device):
+    if seed is None:
+        return None  # the global RNG, as torch.manual_seed left it
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+class PGD(Attack):
+    """Projected gradient ascent on the cross-entropy inside an ``eps`` ball.
+
+    ``alpha`` (the step of ``optimizer="sign"``) defaults to ``2.5 * eps / steps``;
+    ``lr`` (the other optimizers) defaults to ``alpha``. ``eps`` may be a ``[B]``
+    tensor: one budget per sample. ``early_stop`` freezes samples once adversarial.
+    Random start: uniform in the L-inf ball, or uniform in the L2 ball (normal
+    direction, radius ``eps * U**(1/d)``), then clamped to ``bounds``.
+    """
+
+    name = "PGD"
+
+    def __init__(self, model, eps, alpha=None, steps: int = 10, norm: str = "linf", *,
+                 random_start: bool = True, targeted: bool = False, optimizer: str = "sign",
+                 lr=None, early_stop: bool = False, bounds=(0.0, 1.0), seed=None):
+        super().__init__(model, targeted=targeted, bounds=bounds)
+        self.eps = check_budget(eps, "eps")
+        self.alpha = check_budget(alpha, "alpha", allow_none=True)
+        self.steps = check_steps(steps)
+        self.norm = check_norm(norm)
+        self.random_start = bool(random_start)
+        self.optimizer = check_optimizer(optimizer)
+        self.lr = check_budget(lr, "lr", allow_none=True)
+        if isinstance(self.lr, torch.Tensor):
+            raise TypeError("lr must be a float (the optimizers take one learning rate), got a tensor")
+        if self.lr is not None and self.optimizer == "sign":
+            raise ValueError("lr is the learning rate of optimizer='sgd'|'momentum'|'adagrad'|'rmsprop'|'adam'; "
+                             "the step of optimizer='sign' is alpha")
+        self.early_stop = bool(early_stop)
+        self.seed = check_seed(seed)
+
+    def _alpha(self, eps):
+        return self.alpha if self.alpha is not None else 2.5 * eps / self.steps
+
+    def _lr(self, eps) -> float:
+        if self.lr is not None:
+            return float(self.lr)
+        alpha = self._alpha(eps)
+        return float(alpha.max()) if isinstance(alpha, torch.Tensor) else float(alpha)
+
+    def _start(self, images: torch.Tensor, eps) -> torch.Tensor:
+        x = images.clone()
+        if not self.random_start:
+            return x
+        gen = generator(self.seed, images.device)
+        noise = torch.empty_like(images)
+        if self.norm == "linf":
+            if isinstance(eps, float):
+                noise.uniform_(-eps, eps, generator=gen)  # the draw torchattacks makes
+            else:
+                noise.uniform_(-1.0, 1.0, generator=gen).mul_(per_sample(eps, images))
+        else:
+            dims = images[0].numel()
+            noise.normal_(generator=gen)
+            radius = torch.rand(images.shape[0], generator=gen, device=images.device,
+                                dtype=images.dtype).pow_(1.0 / dims)
+            radius = per_sample(radius, images) * per_sample(eps, images)
+            noise.mul_(radius / per_sample(sample_norms(noise, "l2").clamp_min(1e-30), images))
+        return clamp_box(x.add_(noise), self.bounds)
+
+    def _attack(self, images, labels, record_loss, report=True) -> AttackResult:
+        eps = self.eps.to(images.device) if isinstance(self.eps, torch.Tensor) else self.eps
+        x_adv = self._start(images, eps).requires_grad_(True)
+        if self.optimizer == "sign":
+            alpha = self._alpha(eps)
+
+            def update(x, grad):
+                ops.pgd_step_(x, grad, images, eps, alpha, self.norm, self.bounds)
+
+            mean_grad = True
+        else:
+            ball = optim_api()[1]
+            opt = make_optimizer(self.optimizer, [x_adv], self._lr(eps), maximize=True,
+                                 constraint=ball(center=images, eps=eps, norm=self.norm, bounds=self.bounds))
+
+            def update(x, grad):
+                x.grad = grad
+                opt.step()
+                x.grad = None
+
+            mean_grad = False
+        return self._loop(images, labels, x_adv, self.steps, update, record_loss=record_loss, report=report,
+                          early_stop=self.early_stop, mean_grad=mean_grad)
+
+
+class FGSM(PGD):
+    """Fast gradient sign method: ``clamp(x + eps * sign(grad), bounds)``, one step
+    of L-inf PGD with ``alpha = eps`` and no random start (targeted: ``x - eps * sign``
+    of the target's loss gradient)."""
+
+    name = "FGSM"
+
+    def __init__(self, model, eps, *, targeted: bool = False, bounds=(0.0, 1.0)):
+        super().__init__(model, eps, alpha=None, steps=1, norm="linf", random_start=False,
+                         targeted=targeted, bounds=bounds)
+
+    def _alpha(self, eps):
+        return eps

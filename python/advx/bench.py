@@ -1,0 +1,106 @@
+"""A quick same-run timing of the fused ops (advx.ops) against their plain-PyTorch
+references (advx.reference) on this machine: what `advx bench` falls back to when
+the repository's benchmarks/ scripts are not around, and what the demo reports."""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable
+
+import torch
+
+import advx
+
+__all__ = ["median_seconds", "quick_timing", "format_table"]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_seconds(fn: Callable[[], object], device="cpu", *, warmup: int = 2, reps: int = 10,
+                   min_total: float = 0.1, max_reps: int = 500) -> float:
+    """Median wall time of fn() after warm-up, over at least ``reps`` runs and
+    ``min_total`` seconds (the rule of benchmarks/common.py, with smaller defaults)."""
+    device = torch.device(device)
+    for _ in range(warmup):
+        fn()
+    times: list[float] = []
+    while len(times) < reps or (sum(times) < min_total and len(times) < max_reps):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _cases(x: torch.Tensor) -> dict[str, tuple[Callable, Callable]]:
+    """name -> (fused, reference) zero-argument callables on fresh random inputs."""
+    ops, ref = advx.ops, advx.reference
+    grad, orig = torch.randn_like(x), x.clone()
+    delta = (torch.rand_like(x) - 0.5) * 0.2
+    cases = {}
+    for norm, eps in (("linf", 8 / 255), ("l2", 0.5)):
+        cases[f"project_ {norm}"] = (lambda n=norm, e=eps: ops.project_(delta, e, n),
+                                     lambda n=norm, e=eps: ref.project_(delta, e, n))
+        cases[f"pgd_step_ {norm}"] = (lambda n=norm, e=eps: ops.pgd_step_(x, grad, orig, e, e / 4, n),
+                                      lambda n=norm, e=eps: ref.pgd_step_(x, grad, orig, e, e / 4, n))
+    cases["edge_energy"] = (lambda: ops.edge_energy(x), lambda: ref.edge_energy(x))
+    xg = x.clone().requires_grad_()
+
+    def fwd_bwd(fn):
+        return lambda: torch.autograd.grad(fn(xg).sum(), [xg])
+
+    cases["edge_energy fwd+bwd"] = (fwd_bwd(ops.edge_energy), fwd_bwd(ref.edge_energy))
+    if hasattr(advx, "optim"):
+        cases["Adam step + L2 ball"] = _constrained_adam(x, grad)
+    return cases
+
+
+def _constrained_adam(x: torch.Tensor, grad: torch.Tensor) -> tuple[Callable, Callable]:
+    """One step of projected Adam on a batch of images: advx.optim's fused step against
+    torch.optim.Adam followed by the reference projection and box clamp."""
+    center, eps = x.clone(), 0.5
+    fused_param, plain_param = x.clone(), x.clone()
+    fused_param.grad, plain_param.grad = grad, grad
+    fused = advx.optim.Adam([fused_param], lr=1e-3,
+                            constraint=advx.LpBall(center, eps, "l2", bounds=(0.0, 1.0)))
+    plain = torch.optim.Adam([plain_param], lr=1e-3)
+
+    def unfused():
+        plain.step()
+        with torch.no_grad():
+            delta = plain_param - center
+            advx.reference.project_(delta, eps, "l2")
+            plain_param.copy_((center + delta).clamp_(0.0, 1.0))
+
+    return fused.step, unfused
+
+
+def quick_timing(device="cpu", *, shape=(128, 3, 32, 32), quick: bool = False) -> list[dict]:
+    """Rows {op, shape, device, advx_ms, reference_ms, speedup} for every fused op
+    that has a reference (for the optimizer: torch.optim.Adam plus the reference
+    projection), on a float32 batch of ``shape``; speedup > 1 means the fused op is
+    faster. ``quick`` trades accuracy of the medians for time."""
+    device = torch.device(device)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(shape, generator=gen).to(device)
+    timing = dict(reps=5, min_total=0.03) if quick else {}
+    rows = []
+    for name, (fused, reference) in _cases(x).items():
+        t_fused = median_seconds(fused, device, **timing)
+        t_ref = median_seconds(reference, device, **timing)
+        rows.append({"op": name, "shape": list(shape), "device": str(device),
+                     "advx_ms": t_fused * 1e3, "reference_ms": t_ref * 1e3, "speedup": t_ref / t_fused})
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    """The rows of :func:`quick_timing` as a markdown table."""
+    lines = ["| op | shape | advx ms | reference ms | speedup |", "|---|---|---:|---:|---:|"]
+    for r in rows:
+        shape = "x".join(str(s) for s in r["shape"])
+        lines.append(f"| {r['op']} | {shape} | {r['advx_ms']:.3f} | {r['reference_ms']:.3f} | {r['speedup']:.2f}x |")
+    return "\n".join(lines)

@@ -1,0 +1,227 @@
+"""Robustness evaluation over whole data sets: clean and robust accuracy for several
+attacks and budgets, and the random-sphere check (how many labels random
+perturbations of a given size change, to set beside the adversarial radius)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from numbers import Integral, Real
+
+import torch
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from .attacks.base import Attack, eval_mode
+from .attacks.pgd import generator
+
+__all__ = ["RobustnessReport", "robust_accuracy", "random_sphere"]
+
+
+@dataclass
+class RobustnessReport:
+    """Clean accuracy and one row per (attack, eps): ``name``, ``norm``, ``eps``,
+    ``robust_accuracy`` (fraction of *all* samples still classified correctly
+    under the attack; a sample misclassified clean counts as not robust)."""
+
+    clean_accuracy: float
+    rows: list = field(default_factory=list)
+    n_samples: int = 0
+
+    def to_dict(self) -> dict:
+        return {"n_samples": self.n_samples, "clean_accuracy": self.clean_accuracy,
+                "attacks": [dict(r) for r in self.rows]}
+
+    def __str__(self) -> str:
+        header = ("attack", "norm", "eps", "robust acc")
+        lines = [("clean", "-", "-", f"{self.clean_accuracy:.4f}")]
+        for r in self.rows:
+            eps = "-" if r["eps"] is None else f"{r['eps']:.4g}"
+            lines.append((str(r["name"]), str(r["norm"]), eps, f"{r['robust_accuracy']:.4f}"))
+        widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
+        fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+        out = [fmt.format(*header), fmt.format(*("-" * w for w in widths))]
+        out += [fmt.format(*line) for line in lines]
+        return "\n".join(out) + f"\n({self.n_samples} samples)"
+
+
+def _loader(data, batch_size: int):
+    if isinstance(data, DataLoader):
+        return data
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
+        images, labels = data
+        if images.shape[0] != labels.shape[0]:
+            raise ValueError(f"data: images has {images.shape[0]} samples but labels has {labels.shape[0]}")
+        data = TensorDataset(images, labels)
+    if isinstance(data, Dataset):
+        return DataLoader(data, batch_size=batch_size, shuffle=False)
+    raise TypeError("data must be a DataLoader, a Dataset or an (images, labels) pair of tensors, "
+                    f"got {type(data).__name__}")
+
+
+def _named(attacks) -> list:
+    items = list(attacks.items()) if isinstance(attacks, dict) else [(None, a) for a in attacks]
+    out = []
+    for name, atk in items:
+        if not isinstance(atk, Attack):
+            raise TypeError(f"attacks must hold advx.attacks attacks, got {type(atk).__name__}")
+        if atk.targeted:
+            raise ValueError(f"attack {name or atk.name} is targeted; robust accuracy needs untargeted attacks")
+        out.append((name or atk.name, atk))
+    return out
+
+
+def _budgets(atk: Attack) -> list:
+    """The distinct budgets of an attack: [None] (no budget), [eps] or the sorted
+    distinct values of a per-sample eps tensor (each gets its own row)."""
+    if isinstance(atk.eps, torch.Tensor):
+        return sorted({float(e) for e in atk.eps.reshape(-1).tolist()})
+    return [atk.eps]
+
+
+def _default_device(model):
+    if isinstance(model, torch.nn.Module):
+        for p in model.parameters():
+            return p.device
+    return torch.device("cpu")
+
+
+def _check_batch_size(batch_size) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, Integral) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    return int(batch_size)
+
+
+class _NoBar:
+    def update(self, n):
+        pass
+
+    def set_postfix(self, **kwargs):
+        pass
+
+    def close(self):
+        pass
+
+
+def _progress_bar(total, progress: bool):
+    if not progress:
+        return _NoBar()
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # tqdm is a demo/test extra, not a core dependency
+        return _NoBar()
+    return tqdm(total=total, unit="img", desc="robust_accuracy")
+
+
+def robust_accuracy(model, data, attacks, *, batch_size: int = 256, device=None,
+                    progress: bool = True) -> RobustnessReport:
+    """Clean accuracy of ``model`` on ``data`` and its accuracy under each attack.
+
+    ``data``: a DataLoader (its own batches), a Dataset or an ``(images, labels)``
+    pair. ``attacks``: a list of attacks, or a dict name -> attack. An attack with a
+    per-sample ``eps`` tensor is evaluated at each distinct value, all of them in
+    one attack call per batch (the batch is tiled, one budget per copy). Only the
+    samples classified correctly are attacked.
+    """
+    batch_size = _check_batch_size(batch_size)
+    named = _named(attacks)
+    loader = _loader(data, batch_size)
+    device = torch.device(device) if device is not None else _default_device(model)
+    budgets = [_budgets(atk) for _, atk in named]
+    robust = [[0] * len(b) for b in budgets]
+    n_seen = n_clean = 0
+    try:
+        total = len(loader.dataset)
+    except (TypeError, AttributeError):
+        total = None
+    bar = _progress_bar(total, progress)
+    with eval_mode(model):
+        for batch in loader:
+            images, labels = batch[0].to(device), batch[1].to(device).long()
+            with torch.no_grad():
+                correct = model(images).argmax(dim=1) == labels
+            n_seen += labels.shape[0]
+            n_clean += int(correct.sum())
+            images, labels = images[correct], labels[correct]
+            if labels.numel():
+                for i, (_, atk) in enumerate(named):
+                    for j, count in enumerate(_robust_counts(model, atk, budgets[i], images, labels)):
+                        robust[i][j] += count
+            bar.update(int(correct.numel()))
+            bar.set_postfix(clean=f"{n_clean / n_seen:.3f}")
+    bar.close()
+    if n_seen == 0:
+        raise ValueError("data is empty")
+    rows = []
+    for (name, atk), eps_list, counts in zip(named, budgets, robust):
+        for eps, count in zip(eps_list, counts):
+            rows.append({"name": name, "norm": atk.norm, "eps": None if eps is None else float(eps),
+                         "robust_accuracy": count / n_seen})
+    return RobustnessReport(clean_accuracy=n_clean / n_seen, rows=rows, n_samples=n_seen)
+
+
+def _robust_counts(model, atk: Attack, eps_list: list, images, labels) -> list:
+    """How many of (images, labels) stay correct under ``atk`` at each budget."""
+    copies = len(eps_list)
+    if isinstance(atk.eps, torch.Tensor):
+        n = labels.shape[0]
+        eps = torch.tensor(eps_list, device=images.device).repeat_interleave(n)
+        atk = atk.with_eps(eps)
+        images = images.repeat(copies, *([1] * (images.dim() - 1)))
+        labels = labels.repeat(copies)
+    adv = atk(images, labels)
+    with torch.no_grad():
+        still = model(adv).argmax(dim=1) == labels
+    return still.reshape(copies, -1).sum(dim=1).tolist()
+
+
+def _check_radius(radius, x: torch.Tensor) -> torch.Tensor:
+    if isinstance(radius, torch.Tensor):
+        if radius.dim() > 1 or (radius.dim() == 1 and radius.shape[0] != x.shape[0]):
+            raise ValueError(f"radius must be a float or a [{x.shape[0]}] tensor, got shape {tuple(radius.shape)}")
+        r = radius.detach().to(device=x.device, dtype=x.dtype).expand(x.shape[0])
+    elif isinstance(radius, bool) or not isinstance(radius, Real):
+        raise TypeError(f"radius must be a float or a tensor, got {type(radius).__name__}")
+    else:
+        r = torch.full((x.shape[0],), float(radius), device=x.device, dtype=x.dtype)
+    if r.numel() and not bool(((r >= 0) & torch.isfinite(r)).all()):
+        raise ValueError(f"radius must be non-negative and finite, got {r.tolist()[:4]}...")
+    return r
+
+
+@torch.no_grad()
+def random_sphere(model, x: torch.Tensor, radius, *, n: int = 1000, labels=None,
+                  batch_size: int = 1024, clamp: bool = True, seed=None) -> torch.Tensor:
+    """Fraction of ``n`` random points on the L2 sphere of ``radius`` around each
+    sample of ``x`` (uniform directions; clamped to [0, 1] when ``clamp``) whose
+    predicted label differs from ``labels`` (default: the prediction on ``x``).
+
+    ``radius`` is a float or a ``[B]`` tensor (e.g. twice each sample's adversarial
+    distance). Returns a ``[B]`` float tensor in [0, 1].
+    """
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise TypeError("x must be a floating point torch.Tensor")
+    if x.dim() < 2:
+        raise ValueError(f"x must be batched [B, ...], got shape {tuple(x.shape)}")
+    if isinstance(n, bool) or not isinstance(n, Integral) or n < 1:
+        raise ValueError(f"n must be a positive int, got {n!r}")
+    batch_size = _check_batch_size(batch_size)
+    r = _check_radius(radius, x)
+    with eval_mode(model):
+        if labels is None:
+            labels = model(x).argmax(dim=1) if x.shape[0] else torch.zeros(0, dtype=torch.int64, device=x.device)
+        elif not isinstance(labels, torch.Tensor) or labels.shape != x.shape[:1]:
+            raise ValueError(f"labels must be a [{x.shape[0]}] tensor")
+        labels = labels.to(x.device).long()
+        gen = generator(seed, x.device)
+        changed = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
+        total = x.shape[0] * n
+        for start in range(0, total, batch_size):
+            sample = torch.arange(start, min(start + batch_size, total), device=x.device) // n
+            direction = torch.randn((sample.shape[0], *x.shape[1:]), generator=gen, device=x.device, dtype=x.dtype)
+            norms = torch.linalg.vector_norm(direction.reshape(sample.shape[0], -1), dim=1).clamp_min(1e-30)
+            scale = (r[sample] / norms).reshape(-1, *([1] * (x.dim() - 1)))
+            points = x[sample] + scale * direction
+            if clamp:
+                points.clamp_(0.0, 1.0)
+            flipped = model(points).argmax(dim=1) != labels[sample]
+            changed.index_add_(0, sample, flipped.double())
+    return (changed / n).to(torch.float32)
+

@@ -1,0 +1,7 @@
+"""Feature visualization and figures: maximum-response images (seed 003) and the
+PNG figures of the demo (adversarial examples, optimizer loss curves, grids)."""
+from .figures import plot_adversarial, plot_grid, plot_loss_curves, save_image
+from .response import Visualization, layer_names, maximize_response, render
+
+__all__ = ["maximize_response", "render", "layer_names", "Visualization",
+           "plot_adversarial", "plot_loss_curves", "plot_grid", "save_image"]

@@ -1,0 +1,40 @@
+"""Small seeded models and data for the attack / eval / nn tests (random weights)."""
+import torch
+from torch import nn
+
+
+def small_cnn(device="cpu", channels=1, classes=10, dtype=torch.float32, seed=1234):
+    """Works for any image size: the conv features are pooled to 2x2."""
+    gen_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    model = nn.Sequential(
+        nn.Conv2d(channels, 16, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(16, 16, 3, stride=2, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(64, classes),
+    )
+    with torch.no_grad():  # larger weights, no biases: logits that depend on the input
+        for layer in model:
+            if isinstance(layer, (nn.Conv2d, nn.Linear)):
+                nn.init.normal_(layer.weight, std=2.0 / layer.weight[0].numel() ** 0.5)
+                layer.bias.zero_()
+    torch.random.set_rng_state(gen_state)
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def bn_dropout_cnn(device="cpu", seed=7):
+    """Batch norm and dropout: what train/eval mode changes."""
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Dropout(0.3),
+        nn.Flatten(), nn.Linear(8 * 64, 10),
+    ).to(device)
+
+
+def images(batch, shape=(1, 8, 8), device="cpu", dtype=torch.float32, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.rand((batch, *shape), generator=gen, dtype=dtype).to(device)
+
+
+def predicted(model, x):
+    with torch.no_grad():
+        return model(x).argmax(dim=1)
