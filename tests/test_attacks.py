@@ -6,13 +6,8 @@ import torch.nn.functional as F
 
 import advx
 from advx.attacks import FGSM, PGD, BoxConstrained, GradientAscent
-from advx.attacks.pgd import optim_api
 
 from _attack_models import bn_dropout_cnn, images, predicted, small_cnn
-
-needs_optim = pytest.mark.skipif(
-    optim_api() is None,
-    reason="advx.optim / advx.LpBall are not on this branch yet (built on branch optim): merge main to run")
 
 # odd batch and image sizes, channels_last and a non-contiguous view
 LAYOUTS = ["contiguous", "odd", "channels_last", "noncontiguous"]
@@ -279,7 +274,6 @@ def manual_optimizer_pgd(model, x, y, eps, norm, lr, steps, optimizer):
     return x_adv.detach()
 
 
-@needs_optim
 @pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adagrad", "rmsprop", "adam"])
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 def test_optimizer_pgd_equals_torch_optim_loop(device, optimizer, norm):
@@ -291,7 +285,6 @@ def test_optimizer_pgd_equals_torch_optim_loop(device, optimizer, norm):
     assert float(res.norm.max()) <= eps * (1 + 1e-5)
 
 
-@needs_optim
 def test_optimizer_pgd_per_sample_eps(device):
     model, x, y = make_inputs("contiguous", device, batch=20)
     eps = torch.tensor([0.03, 0.1], device=device).repeat(10)
@@ -301,7 +294,6 @@ def test_optimizer_pgd_per_sample_eps(device):
         torch.testing.assert_close(res.adv[i::2], alone[i::2])
 
 
-@needs_optim
 def test_box_constrained_targeted(device):
     model, x, y = make_inputs("contiguous", device, batch=16)
     target = (y + 1) % 10
@@ -318,13 +310,6 @@ def test_box_constrained_targeted(device):
         with torch.no_grad():
             x_adv.clamp_(0, 1)
     torch.testing.assert_close(res.adv, x_adv.detach())
-
-
-@pytest.mark.skipif(optim_api() is not None, reason="advx.optim is present")
-def test_optimizer_paths_say_what_is_missing():
-    model = small_cnn()
-    with pytest.raises(RuntimeError, match="advx.optim"):
-        PGD(model, 0.1, optimizer="adam")
 
 
 # -- bad input ----------------------------------------------------------------------------

@@ -108,14 +108,9 @@ def test_demo_quick(tmp_path, digits_model, digits_cache_dir, capsys):
     assert vis["edge-energy prior"]["mean_edge_energy"] < vis["no prior"]["mean_edge_energy"]
     assert vis["no prior"]["predicted_as_target"] >= 8
     assert "changed_at_2x_radius" in results["random_sphere"]
-    import advx
-
-    if hasattr(advx, "optim"):  # the seed-004 comparison needs advx.optim
-        assert [o["optimizer"] for o in results["optimizers"]["results"]] == ["sgd", "rmsprop", "adam"]
-        assert all(o["final_loss"] < 0.5 * o["initial_loss"] for o in results["optimizers"]["results"])
-        assert "loss_curves.png" in results["figures"]
-    else:
-        assert "advx.optim" in results["optimizers"] and "loss_curves.png" not in results["figures"]
+    assert [o["optimizer"] for o in results["optimizers"]["results"]] == ["sgd", "rmsprop", "adam"]
+    assert all(o["final_loss"] < 0.5 * o["initial_loss"] for o in results["optimizers"]["results"])
+    assert "loss_curves.png" in results["figures"]
     assert torch.get_num_threads() == threads  # the demo gives the thread count back
     assert results["model_source"].startswith("loaded from")  # the fixture trained and cached it
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from .base import Attack, AttackResult, check_budget, check_steps, clamp_box, per_sample, sample_norms
-from .pgd import OPTIMIZERS, check_optimizer, make_optimizer, optim_api
+from ..constraints import Box
+from .pgd import OPTIMIZERS, check_optimizer, make_optimizer
 
 __all__ = ["GradientAscent", "BoxConstrained"]
 
@@ -72,18 +73,13 @@ class BoxConstrained(Attack):
         if isinstance(self.c, torch.Tensor) and self.c.dim() == 1 and self.c.shape[0] != images.shape[0]:
             raise ValueError(f"c has {self.c.shape[0]} per-sample values but images has {images.shape[0]} samples")
         x_adv = images.clone().requires_grad_(True)
-        box = optim_api()[2]
-        fused_box = box is not None and self.bounds is not None
         opt = make_optimizer(self.optimizer, [x_adv], self.lr, maximize=True,
-                             constraint=box(*self.bounds) if fused_box else None)
+                             constraint=None if self.bounds is None else Box(*self.bounds))
 
         def update(x, grad):
             x.grad = grad
             opt.step()
             x.grad = None
-            if not fused_box:
-                with torch.no_grad():
-                    clamp_box(x, self.bounds)
 
         return self._loop(images, labels, x_adv, self.steps, update, record_loss=record_loss, report=report,
                           early_stop=self.early_stop, mean_grad=False)

@@ -7,11 +7,11 @@ their step.
 """
 from __future__ import annotations
 
-import importlib
-
 import torch
 
 from .. import ops
+from .. import optim as fused_optim
+from ..constraints import LpBall
 from ..ops._checks import check_norm
 from .base import Attack, AttackResult, check_budget, check_seed, check_steps, clamp_box, per_sample, sample_norms
 
@@ -20,29 +20,9 @@ __all__ = ["PGD", "FGSM", "OPTIMIZERS"]
 OPTIMIZERS = ("sign", "sgd", "momentum", "adagrad", "rmsprop", "adam")
 
 
-def optim_api():
-    """(advx.optim, advx.LpBall, advx.Box or None), or None where this build does not
-    have advx.optim yet."""
-    pkg = importlib.import_module("advx")
-    optim = getattr(pkg, "optim", None)
-    if optim is None:
-        try:
-            optim = importlib.import_module("advx.optim")
-        except ImportError:
-            return None
-    constraints = getattr(pkg, "constraints", None)
-    ball = getattr(pkg, "LpBall", None) or getattr(optim, "LpBall", None) or getattr(constraints, "LpBall", None)
-    box = getattr(pkg, "Box", None) or getattr(optim, "Box", None) or getattr(constraints, "Box", None)
-    return None if ball is None else (optim, ball, box)
-
-
 def make_optimizer(optimizer: str, params, lr: float, *, maximize: bool, constraint=None):
     """An advx.optim optimizer over ``params`` with default hyper-parameters."""
-    api = optim_api()
-    if api is None:
-        raise RuntimeError(f"optimizer={optimizer!r} needs advx.optim and advx.LpBall, "
-                           "which this build of advx does not have; use optimizer='sign'")
-    optim = api[0]
+    optim = fused_optim
     kwargs = dict(lr=lr, maximize=maximize, constraint=constraint)
     if optimizer == "sgd":
         return optim.SGD(params, **kwargs)
@@ -60,9 +40,6 @@ def make_optimizer(optimizer: str, params, lr: float, *, maximize: bool, constra
 def check_optimizer(optimizer, allowed=OPTIMIZERS) -> str:
     if optimizer not in allowed:
         raise ValueError(f"optimizer must be one of {allowed}, got {optimizer!r}")
-    if optimizer != "sign" and optim_api() is None:
-        raise RuntimeError(f"optimizer={optimizer!r} needs advx.optim and advx.LpBall, "
-                           "which this build of advx does not have; use optimizer='sign'")
     return optimizer
 
 
@@ -143,9 +120,8 @@ class PGD(Attack):
 
             mean_grad = True
         else:
-            ball = optim_api()[1]
             opt = make_optimizer(self.optimizer, [x_adv], self._lr(eps), maximize=True,
-                                 constraint=ball(center=images, eps=eps, norm=self.norm, bounds=self.bounds))
+                                 constraint=LpBall(center=images, eps=eps, norm=self.norm, bounds=self.bounds))
 
             def update(x, grad):
                 x.grad = grad
