@@ -35,9 +35,10 @@ def median_seconds(fn: Callable[[], object], device="cpu", *, warmup: int = 3, r
 
 
 def copy_gbps(nbytes: int, device="cpu") -> float:
-    """Effective GB/s of dst.copy_(src) over `nbytes` (read + write counted), the
-    practical limit for a memory-bound op on this machine, measured in this run."""
-    n = max(1, nbytes // 4)
+    """Effective GB/s of a dst.copy_(src) that moves `nbytes` in all (half read, half
+    written): the practical limit for a memory-bound op of that traffic on this
+    machine, measured in this run."""
+    n = max(1, nbytes // 8)
     src = torch.rand(n, device=device)
     dst = torch.empty_like(src)
     t = median_seconds(lambda: dst.copy_(src), device)
