@@ -121,16 +121,8 @@ void sgd_step_cuda(TensorList params, TensorList grads, TensorList momentum_buff
                    TensorList radii, std::string constraint_norm, double lo, double hi) {
   check_params(params);
   check_on_cuda(params);
-  check_list_like(params, grads, "grads");
+  check_sgd_lists(params, grads, momentum_buffers, init_momentum, momentum);
   const bool has_momentum = momentum != 0.0;
-  if (has_momentum) {
-    check_list_like(params, momentum_buffers, "momentum_buffers");
-    TORCH_CHECK(init_momentum.size() == params.size(), "init_momentum has ",
-                init_momentum.size(), " flags but params has ", params.size());
-  } else {
-    TORCH_CHECK(momentum_buffers.empty() && init_momentum.empty(),
-                "momentum_buffers and init_momentum must be empty when momentum is 0");
-  }
   const Constraint k = check_constraint(params, centers, radii, constraint_norm, lo, hi);
   if (params.empty()) return;
   const CallScalars s = device_scalars(params, lr, lr_tensor, grad_scale, found_inf, {});
@@ -147,8 +139,7 @@ void adagrad_step_cuda(TensorList params, TensorList grads, TensorList state_sum
                        TensorList radii, std::string constraint_norm, double lo, double hi) {
   check_params(params);
   check_on_cuda(params);
-  check_list_like(params, grads, "grads");
-  check_list_like(params, state_sums, "state_sums");
+  check_adagrad_lists(params, grads, state_sums);
   if (!params.empty()) check_steps(params, steps, params[0].device());
   const Constraint k = check_constraint(params, centers, radii, constraint_norm, lo, hi);
   if (params.empty()) return;
@@ -166,18 +157,7 @@ void rmsprop_step_cuda(TensorList params, TensorList grads, TensorList square_av
                        TensorList radii, std::string constraint_norm, double lo, double hi) {
   check_params(params);
   check_on_cuda(params);
-  check_list_like(params, grads, "grads");
-  check_list_like(params, square_avgs, "square_avgs");
-  if (centered) {
-    check_list_like(params, grad_avgs, "grad_avgs");
-  } else {
-    TORCH_CHECK(grad_avgs.empty(), "grad_avgs must be empty when centered is False");
-  }
-  if (momentum > 0.0) {
-    check_list_like(params, momentum_buffers, "momentum_buffers");
-  } else {
-    TORCH_CHECK(momentum_buffers.empty(), "momentum_buffers must be empty when momentum is 0");
-  }
+  check_rmsprop_lists(params, grads, square_avgs, grad_avgs, momentum_buffers, momentum, centered);
   if (!params.empty()) check_steps(params, steps, params[0].device());
   const Constraint k = check_constraint(params, centers, radii, constraint_norm, lo, hi);
   if (params.empty()) return;
@@ -197,14 +177,7 @@ void adam_step_cuda(TensorList params, TensorList grads, TensorList exp_avgs,
                     TensorList radii, std::string constraint_norm, double lo, double hi) {
   check_params(params);
   check_on_cuda(params);
-  check_list_like(params, grads, "grads");
-  check_list_like(params, exp_avgs, "exp_avgs");
-  check_list_like(params, exp_avg_sqs, "exp_avg_sqs");
-  if (amsgrad) {
-    check_list_like(params, max_exp_avg_sqs, "max_exp_avg_sqs");
-  } else {
-    TORCH_CHECK(max_exp_avg_sqs.empty(), "max_exp_avg_sqs must be empty when amsgrad is False");
-  }
+  check_adam_lists(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, amsgrad);
   if (!params.empty()) check_steps(params, steps, params[0].device());
   const Constraint k = check_constraint(params, centers, radii, constraint_norm, lo, hi);
   if (params.empty()) return;

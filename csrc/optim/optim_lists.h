@@ -3,6 +3,7 @@
 // ops: what a list of tensors must look like, what a step counter and the constraint
 // arguments must look like, and how every tensor of a call is made walkable with the
 // flat index of its parameter.
+#include <ATen/core/List.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty_like.h>
 #include <c10/util/Exception.h>
@@ -194,6 +195,49 @@ class WorkingLists {
   std::vector<std::vector<at::Tensor>> lists_;
   std::vector<std::pair<at::Tensor, at::Tensor>> copies_;
 };
+
+// A state list that exists only with an option (momentum, centered, amsgrad): one
+// entry per param when the option is on, empty when it is off.
+inline void check_optional_list(at::TensorList params, at::TensorList list, bool enabled,
+                                const char* name, const char* when_off) {
+  if (enabled) {
+    check_list_like(params, list, name);
+  } else {
+    TORCH_CHECK(list.empty(), name, " must be empty when ", when_off);
+  }
+}
+
+// The list arguments of each optimizer op, checked the same way on CPU and CUDA.
+inline void check_sgd_lists(at::TensorList params, at::TensorList grads,
+                            at::TensorList momentum_buffers, const c10::List<bool>& init_momentum,
+                            double momentum) {
+  check_list_like(params, grads, "grads");
+  check_optional_list(params, momentum_buffers, momentum != 0.0, "momentum_buffers", "momentum is 0");
+  TORCH_CHECK(init_momentum.size() == (momentum != 0.0 ? params.size() : 0), "init_momentum has ",
+              init_momentum.size(), " flags but momentum_buffers has ", momentum_buffers.size());
+}
+
+inline void check_adagrad_lists(at::TensorList params, at::TensorList grads, at::TensorList state_sums) {
+  check_list_like(params, grads, "grads");
+  check_list_like(params, state_sums, "state_sums");
+}
+
+inline void check_rmsprop_lists(at::TensorList params, at::TensorList grads,
+                                at::TensorList square_avgs, at::TensorList grad_avgs,
+                                at::TensorList momentum_buffers, double momentum, bool centered) {
+  check_list_like(params, grads, "grads");
+  check_list_like(params, square_avgs, "square_avgs");
+  check_optional_list(params, grad_avgs, centered, "grad_avgs", "centered is False");
+  check_optional_list(params, momentum_buffers, momentum > 0.0, "momentum_buffers", "momentum is 0");
+}
+
+inline void check_adam_lists(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+                             at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs, bool amsgrad) {
+  check_list_like(params, grads, "grads");
+  check_list_like(params, exp_avgs, "exp_avgs");
+  check_list_like(params, exp_avg_sqs, "exp_avg_sqs");
+  check_optional_list(params, max_exp_avg_sqs, amsgrad, "max_exp_avg_sqs", "amsgrad is False");
+}
 
 }  // namespace optim
 }  // namespace advx

@@ -18,6 +18,26 @@ class FusedOptimizerMixin:
     # unscaling the gradients itself; the fused ops honour both.
     _step_supports_amp_scaling = True
 
+    def __init__(self, params, *args, constraint=None, **kwargs):
+        super().__init__(params, *args, **kwargs)
+        self._setup_constraint(constraint)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One optimizer step: one fused op call per (param group, device, dtype)."""
+        if self._differentiable_fallback():
+            return super().step(closure)
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            self._fused_group_step(group)
+        return loss
+
+    def _fused_group_step(self, group: dict) -> None:
+        raise NotImplementedError
+
     def _setup_constraint(self, constraint) -> None:
         """Called at the end of __init__: `constraint` becomes a default of every group."""
         _check_constraint_type(constraint)

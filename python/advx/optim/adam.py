@@ -9,27 +9,18 @@ __all__ = ["Adam", "AdamW"]
 
 
 class _FusedAdamStep(FusedOptimizerMixin):
-    @torch.no_grad()
-    def step(self, closure=None):
-        """One optimizer step: one fused adam_step_ call per (param group, device, dtype)."""
-        if self._differentiable_fallback():
-            return super().step(closure)
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps = [], [], [], [], [], []
-            self._init_group(group, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps)
-            beta1, beta2 = group["betas"]
-            for lists, _, kwargs in self._buckets(
-                    group, [params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps], steps_at=5):
-                torch.ops.advx.adam_step_.default(
-                    *lists, beta1=float(beta1), beta2=float(beta2),
-                    weight_decay=float(group["weight_decay"]), eps=float(group["eps"]),
-                    amsgrad=bool(group["amsgrad"]), maximize=bool(group["maximize"]),
-                    decoupled_weight_decay=bool(group.get("decoupled_weight_decay", False)), **kwargs)
-        return loss
+    def _fused_group_step(self, group: dict) -> None:
+        """One parameter group's step: one fused adam_step_ call per (device, dtype)."""
+        params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps = [], [], [], [], [], []
+        self._init_group(group, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps)
+        beta1, beta2 = group["betas"]
+        for lists, _, kwargs in self._buckets(
+                group, [params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps], steps_at=5):
+            torch.ops.advx.adam_step_.default(
+                *lists, beta1=float(beta1), beta2=float(beta2),
+                weight_decay=float(group["weight_decay"]), eps=float(group["eps"]),
+                amsgrad=bool(group["amsgrad"]), maximize=bool(group["maximize"]),
+                decoupled_weight_decay=bool(group.get("decoupled_weight_decay", False)), **kwargs)
 
 
 class Adam(_FusedAdamStep, torch.optim.Adam):
@@ -39,15 +30,7 @@ class Adam(_FusedAdamStep, torch.optim.Adam):
     are accepted; the fused kernel is always used (and is always capturable on CUDA).
     ``differentiable=True`` runs torch's own step."""
 
-    def __init__(self, params, *args, constraint=None, **kwargs):
-        super().__init__(params, *args, **kwargs)
-        self._setup_constraint(constraint)
-
 
 class AdamW(_FusedAdamStep, torch.optim.AdamW):
     """torch.optim.AdamW (decoupled weight decay) with advx's fused step and
     ``constraint=``; see advx.optim.Adam."""
-
-    def __init__(self, params, *args, constraint=None, **kwargs):
-        super().__init__(params, *args, **kwargs)
-        self._setup_constraint(constraint)

@@ -13,26 +13,13 @@ class RMSprop(FusedOptimizerMixin, torch.optim.RMSprop):
     one fused kernel per parameter group (torch has no fused RMSprop), plus
     ``constraint=`` (advx.LpBall / advx.Box); see advx.optim.Adam."""
 
-    def __init__(self, params, *args, constraint=None, **kwargs):
-        super().__init__(params, *args, **kwargs)
-        self._setup_constraint(constraint)
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        """One optimizer step: one fused rmsprop_step_ call per (param group, device, dtype)."""
-        if self._differentiable_fallback():
-            return super().step(closure)
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            params, grads, square_avgs, momentum_buffers, grad_avgs, steps = [], [], [], [], [], []
-            self._init_group(group, params, grads, square_avgs, momentum_buffers, grad_avgs, steps)
-            for lists, _, kwargs in self._buckets(
-                    group, [params, grads, square_avgs, grad_avgs, momentum_buffers, steps], steps_at=5):
-                torch.ops.advx.rmsprop_step_.default(
-                    *lists, alpha=float(group["alpha"]), eps=float(group["eps"]),
-                    weight_decay=float(group["weight_decay"]), momentum=float(group["momentum"]),
-                    centered=bool(group["centered"]), maximize=bool(group["maximize"]), **kwargs)
-        return loss
+    def _fused_group_step(self, group: dict) -> None:
+        """One parameter group's step: one fused rmsprop_step_ call per (device, dtype)."""
+        params, grads, square_avgs, momentum_buffers, grad_avgs, steps = [], [], [], [], [], []
+        self._init_group(group, params, grads, square_avgs, momentum_buffers, grad_avgs, steps)
+        for lists, _, kwargs in self._buckets(
+                group, [params, grads, square_avgs, grad_avgs, momentum_buffers, steps], steps_at=5):
+            torch.ops.advx.rmsprop_step_.default(
+                *lists, alpha=float(group["alpha"]), eps=float(group["eps"]),
+                weight_decay=float(group["weight_decay"]), momentum=float(group["momentum"]),
+                centered=bool(group["centered"]), maximize=bool(group["maximize"]), **kwargs)
