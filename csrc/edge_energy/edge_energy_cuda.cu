@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "common/macros.h"
+#include "edge_energy/edge_energy_checks.h"
 #include "edge_energy/edge_energy_levels.h"
 #include "edge_energy/edge_energy_math.h"
 
@@ -325,12 +326,6 @@ void backward_cuda_typed(const at::Tensor& grad_energy, const at::Tensor& x, at:
 
 // ---------------------------------------------------------------- ops
 
-void check_image_batch(const at::Tensor& x) {
-  TORCH_CHECK(x.dim() == 4, "x must have shape [B, C, H, W], got ", x.sizes());
-  TORCH_CHECK(at::isFloatingType(x.scalar_type()), "x must be a floating point tensor, got ",
-              x.scalar_type());
-}
-
 at::Tensor edge_energy_cuda(const at::Tensor& x_in) {
   check_image_batch(x_in);
   const c10::cuda::CUDAGuard guard(x_in.device());
@@ -346,13 +341,7 @@ at::Tensor edge_energy_cuda(const at::Tensor& x_in) {
 
 at::Tensor edge_energy_backward_cuda(const at::Tensor& grad_energy, const at::Tensor& x_in) {
   check_image_batch(x_in);
-  TORCH_CHECK(grad_energy.dim() == 1 && grad_energy.size(0) == x_in.size(0),
-              "grad_energy must have shape [", x_in.size(0), "] (one per sample), got ",
-              grad_energy.sizes());
-  TORCH_CHECK(grad_energy.device() == x_in.device(), "grad_energy is on ", grad_energy.device(),
-              " but x is on ", x_in.device());
-  TORCH_CHECK(at::isFloatingType(grad_energy.scalar_type()),
-              "grad_energy must be a floating point tensor, got ", grad_energy.scalar_type());
+  check_grad_energy(grad_energy, x_in);
   const c10::cuda::CUDAGuard guard(x_in.device());
   if (x_in.numel() == 0 || !edge::has_level(x_in.size(2), x_in.size(3))) {
     return at::zeros(x_in.sizes(), x_in.options());

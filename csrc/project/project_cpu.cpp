@@ -5,6 +5,7 @@
 
 #include "common/checks.h"
 #include "common/cpu_loops.h"
+#include "project/project_args.h"
 #include "project/project_math.h"
 
 namespace advx {
@@ -66,16 +67,11 @@ ADVX_CPU_CLONES void pgd_l2_finish_range(scalar_t* x, const scalar_t* g, const s
   }
 }
 
-int64_t batch_of(const at::Tensor& t) { return t.dim() == 0 ? 1 : t.size(0); }
-
 void project_cpu(at::Tensor delta, const at::Tensor& eps, std::string norm) {
-  check_norm(norm);
-  check_budget(eps, "eps", delta);
-  if (delta.numel() == 0) return;
-  // Work on a dense batch-major view; a strided delta is updated through a copy.
-  at::Tensor d = is_batch_major_dense(delta) ? delta : delta.contiguous();
-  const at::Tensor e = eps.contiguous();
-  const int64_t batch = batch_of(d), n = d.numel() / batch;
+  const project::ProjectArgs args = project::project_args(delta, eps, norm);
+  if (args.d.numel() == 0) return;
+  const at::Tensor &d = args.d, &e = args.eps;
+  const int64_t batch = args.batch, n = args.n;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, d.scalar_type(), "project_", [&] {
     using T = opmath_t<scalar_t>;
     scalar_t* dp = d.data_ptr<scalar_t>();
@@ -97,25 +93,16 @@ void project_cpu(at::Tensor delta, const at::Tensor& eps, std::string norm) {
       });
     }
   });
-  if (!d.is_same(delta)) delta.copy_(d);
+  project::write_back(delta, d);
 }
 
 void pgd_step_cpu(at::Tensor x_adv, const at::Tensor& grad, const at::Tensor& x_orig,
                   const at::Tensor& eps, const at::Tensor& alpha, std::string norm, double lo,
                   double hi) {
-  check_norm(norm);
-  check_same_like(x_adv, "x_adv", grad, "grad");
-  check_same_like(x_adv, "x_adv", x_orig, "x_orig");
-  check_budget(eps, "eps", x_adv);
-  check_budget(alpha, "alpha", x_adv);
-  TORCH_CHECK(!(lo > hi), "bounds must satisfy lo <= hi, got (", lo, ", ", hi, ")");
-  if (x_adv.numel() == 0) return;
-  const bool direct = same_flat_layout(x_adv, grad) && same_flat_layout(x_adv, x_orig);
-  at::Tensor x = direct ? x_adv : x_adv.contiguous();
-  const at::Tensor g = direct ? grad : grad.contiguous();
-  const at::Tensor xo = direct ? x_orig : x_orig.contiguous();
-  const at::Tensor e = eps.contiguous(), a = alpha.contiguous();
-  const int64_t batch = batch_of(x), n = x.numel() / batch;
+  const project::PgdStepArgs args = project::pgd_step_args(x_adv, grad, x_orig, eps, alpha, norm, lo, hi);
+  if (args.x.numel() == 0) return;
+  const at::Tensor &x = args.x, &g = args.g, &xo = args.xo, &e = args.eps, &a = args.alpha;
+  const int64_t batch = args.batch, n = args.n;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pgd_step_", [&] {
     using T = opmath_t<scalar_t>;
     scalar_t* xp = x.data_ptr<scalar_t>();
@@ -149,7 +136,7 @@ void pgd_step_cpu(at::Tensor x_adv, const at::Tensor& grad, const at::Tensor& x_
       pgd_l2_finish_range<scalar_t, T>(xp + s, gp + s, op + s, t - s, ap[b], gnorm[b], scale[b], tlo, thi);
     });
   });
-  if (!x.is_same(x_adv)) x_adv.copy_(x);
+  project::write_back(x_adv, x);
 }
 
 }  // namespace

@@ -10,6 +10,7 @@
 
 #include "common/checks.h"
 #include "common/cuda_utils.cuh"
+#include "project/project_args.h"
 #include "project/project_math.h"
 
 namespace advx {
@@ -193,16 +194,12 @@ struct Launcher {
   int64_t per_sample_blocks() const { return (batch + kThreads - 1) / kThreads; }
 };
 
-int64_t batch_of(const at::Tensor& t) { return t.dim() == 0 ? 1 : t.size(0); }
-
 void project_cuda(at::Tensor delta, const at::Tensor& eps, std::string norm) {
-  check_norm(norm);
-  check_budget(eps, "eps", delta);
-  if (delta.numel() == 0) return;
+  const project::ProjectArgs args = project::project_args(delta, eps, norm);
+  if (args.d.numel() == 0) return;
   const c10::cuda::CUDAGuard guard(delta.device());
-  at::Tensor d = is_batch_major_dense(delta) ? delta : delta.contiguous();
-  const at::Tensor e = eps.contiguous();
-  const int64_t batch = batch_of(d), n = d.numel() / batch;
+  const at::Tensor &d = args.d, &e = args.eps;
+  const int64_t batch = args.batch, n = args.n;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, d.scalar_type(), "project_", [&] {
     using L = Launcher<scalar_t>;
     using T = typename L::T;
@@ -222,26 +219,17 @@ void project_cuda(at::Tensor delta, const at::Tensor& eps, std::string norm) {
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     launch.template map<1>(dp, dp, nullptr, nullptr, Scale<T>{scale});
   });
-  if (!d.is_same(delta)) delta.copy_(d);
+  project::write_back(delta, d);
 }
 
 void pgd_step_cuda(at::Tensor x_adv, const at::Tensor& grad, const at::Tensor& x_orig,
                    const at::Tensor& eps, const at::Tensor& alpha, std::string norm, double lo,
                    double hi) {
-  check_norm(norm);
-  check_same_like(x_adv, "x_adv", grad, "grad");
-  check_same_like(x_adv, "x_adv", x_orig, "x_orig");
-  check_budget(eps, "eps", x_adv);
-  check_budget(alpha, "alpha", x_adv);
-  TORCH_CHECK(!(lo > hi), "bounds must satisfy lo <= hi, got (", lo, ", ", hi, ")");
-  if (x_adv.numel() == 0) return;
+  const project::PgdStepArgs args = project::pgd_step_args(x_adv, grad, x_orig, eps, alpha, norm, lo, hi);
+  if (args.x.numel() == 0) return;
   const c10::cuda::CUDAGuard guard(x_adv.device());
-  const bool direct = same_flat_layout(x_adv, grad) && same_flat_layout(x_adv, x_orig);
-  at::Tensor x = direct ? x_adv : x_adv.contiguous();
-  const at::Tensor g = direct ? grad : grad.contiguous();
-  const at::Tensor xo = direct ? x_orig : x_orig.contiguous();
-  const at::Tensor e = eps.contiguous(), a = alpha.contiguous();
-  const int64_t batch = batch_of(x), n = x.numel() / batch;
+  const at::Tensor &x = args.x, &g = args.g, &xo = args.xo, &e = args.eps, &a = args.alpha;
+  const int64_t batch = args.batch, n = args.n;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pgd_step_", [&] {
     using L = Launcher<scalar_t>;
     using T = typename L::T;
@@ -271,7 +259,7 @@ void pgd_step_cuda(at::Tensor x_adv, const at::Tensor& grad, const at::Tensor& x
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     launch.template map<3>(xp, xp, gp, op, PgdL2Finish<T>{ap, gnorm, scale, tlo, thi});
   });
-  if (!x.is_same(x_adv)) x_adv.copy_(x);
+  project::write_back(x_adv, x);
 }
 
 }  // namespace

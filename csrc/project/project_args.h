@@ -1,0 +1,61 @@
+#pragma once
+// Checked arguments of project_ and pgd_step_ as dense batch-major tensors, shared by
+// the CPU and CUDA ops. A strided input is worked on through a contiguous copy that
+// write_back() returns to the caller's tensor.
+#include <ATen/core/Tensor.h>
+
+#include <string>
+
+#include "common/checks.h"
+
+namespace advx {
+namespace project {
+
+struct ProjectArgs {
+  at::Tensor d, eps;
+  int64_t batch, n;
+};
+
+struct PgdStepArgs {
+  at::Tensor x, g, xo, eps, alpha;
+  int64_t batch, n;
+};
+
+inline int64_t batch_of(const at::Tensor& t) { return t.dim() == 0 ? 1 : t.size(0); }
+
+inline ProjectArgs project_args(const at::Tensor& delta, const at::Tensor& eps, const std::string& norm) {
+  check_norm(norm);
+  check_budget(eps, "eps", delta);
+  at::Tensor d = is_batch_major_dense(delta) ? delta : delta.contiguous();
+  const int64_t batch = batch_of(d);
+  return {d, eps.contiguous(), batch, batch == 0 ? 0 : d.numel() / batch};
+}
+
+inline PgdStepArgs pgd_step_args(const at::Tensor& x_adv, const at::Tensor& grad,
+                                 const at::Tensor& x_orig, const at::Tensor& eps,
+                                 const at::Tensor& alpha, const std::string& norm, double lo,
+                                 double hi) {
+  check_norm(norm);
+  check_same_like(x_adv, "x_adv", grad, "grad");
+  check_same_like(x_adv, "x_adv", x_orig, "x_orig");
+  check_budget(eps, "eps", x_adv);
+  check_budget(alpha, "alpha", x_adv);
+  TORCH_CHECK(!(lo > hi), "bounds must satisfy lo <= hi, got (", lo, ", ", hi, ")");
+  const bool direct = same_flat_layout(x_adv, grad) && same_flat_layout(x_adv, x_orig);
+  at::Tensor x = direct ? x_adv : x_adv.contiguous();
+  const int64_t batch = batch_of(x);
+  return {x,
+          direct ? grad : grad.contiguous(),
+          direct ? x_orig : x_orig.contiguous(),
+          eps.contiguous(),
+          alpha.contiguous(),
+          batch,
+          batch == 0 ? 0 : x.numel() / batch};
+}
+
+inline void write_back(at::Tensor& target, const at::Tensor& worked) {
+  if (!worked.is_same(target)) target.copy_(worked);
+}
+
+}  // namespace project
+}  // namespace advx
