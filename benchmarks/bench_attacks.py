@@ -14,9 +14,6 @@ Writes <out>/attacks-<device>-<date>.json and .md."""
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import platform
 import statistics
 import sys
 from pathlib import Path
@@ -26,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import median_seconds, row  # noqa: E402
+from common import median_seconds, row, run_meta, write_results  # noqa: E402
 
 import advx  # noqa: E402
 from advx import ops, reference  # noqa: E402
@@ -176,12 +173,6 @@ def run_case(name: str, model: nn.Module, shape, batch: int, device: str, timing
     return rows
 
 
-def device_name(device: str) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name()
-    return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
-
-
 def markdown(rows: list[dict], meta: dict) -> str:
     lines = [f"# advx attack benchmark: {meta['device_name']}", "",
              f"torch {meta['torch']}, advx {meta['advx']}, {meta['date']}; PGD-{STEPS} with random start, "
@@ -214,19 +205,10 @@ def main(argv=None) -> int:
     rows = run_case("digits CNN", digits_cnn(), (1, 8, 8), 4096 if cuda else 256, args.device, small)
     if not args.quick:
         rows += run_case("ResNet-18", resnet18_cifar(), (3, 32, 32), 256 if cuda else 4, args.device, large)
-    meta = {
-        "device": args.device, "device_name": device_name(args.device), "torch": torch.__version__,
-        "cuda": torch.version.cuda, "advx": advx.__version__, "build": advx.build_info(),
-        "date": datetime.date.today().isoformat(), "threads": torch.get_num_threads(), "steps": STEPS,
-    }
+    meta = run_meta(args.device, steps=STEPS)
     text = markdown(rows, meta)
     print(text)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = f"attacks-{args.device}-{meta['date']}"
-    (out / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    (out / f"{stem}.md").write_text(text)
-    print(f"wrote {out / stem}.json and .md")
+    write_results(args.out, f"attacks-{args.device}-{meta['date']}", meta, rows, text)
     return 0
 
 

@@ -7,26 +7,16 @@ Writes <out>/<device-name>-<date>.json (raw rows) and .md (tables)."""
 from __future__ import annotations
 
 import argparse
-import datetime
 import importlib
-import json
-import platform
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import compare, copy_gbps  # noqa: E402
+from common import compare, copy_gbps, run_meta, write_results  # noqa: E402
 
-import advx  # noqa: E402
 from advx import ops, reference  # noqa: E402
-
-
-def device_name(device: str) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name()
-    return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
 
 
 def _compiled(fn):
@@ -106,19 +96,10 @@ def main(argv=None) -> int:
         rows += optional_cases("bench_edge", args.device, args.quick)
     if "optim" in groups:
         rows += optional_cases("bench_optim", args.device, args.quick)
-    meta = {
-        "device": args.device, "device_name": device_name(args.device), "torch": torch.__version__,
-        "cuda": torch.version.cuda, "advx": advx.__version__, "build": advx.build_info(),
-        "date": datetime.date.today().isoformat(), "threads": torch.get_num_threads(),
-    }
+    meta = run_meta(args.device)
     text = markdown(rows, meta)
     print(text)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = f"ops-{args.device}-{meta['date']}"
-    (out / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    (out / f"{stem}.md").write_text(text)
-    print(f"wrote {out / stem}.json and .md")
+    write_results(args.out, f"ops-{args.device}-{meta['date']}", meta, rows, text)
     return 0
 
 

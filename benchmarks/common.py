@@ -2,8 +2,12 @@
 copy of the same bytes as the bandwidth yardstick, and result rows."""
 from __future__ import annotations
 
+import datetime
+import json
+import platform
 import statistics
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -68,3 +72,29 @@ def compare(case: str, size: str, impls: dict[str, Callable[[], object]], device
     base = secs[names[0]]
     return [row(case, size, name, secs[name], advx_seconds=base, nbytes=nbytes, copy=copy)
             for name in names]
+
+
+def device_name(device: str) -> str:
+    if torch.device(device).type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+
+
+def run_meta(device: str, **extra) -> dict:
+    """What a result file must name: device, torch and CUDA versions, advx build, date."""
+    import advx
+
+    return {
+        "device": device, "device_name": device_name(device), "torch": torch.__version__,
+        "cuda": torch.version.cuda, "advx": advx.__version__, "build": advx.build_info(),
+        "date": datetime.date.today().isoformat(), "threads": torch.get_num_threads(), **extra,
+    }
+
+
+def write_results(out_dir, stem: str, meta: dict, rows: list[dict], markdown_text: str) -> None:
+    """<out_dir>/<stem>.json (meta + raw rows) and <stem>.md (the tables)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    (out / f"{stem}.md").write_text(markdown_text)
+    print(f"wrote {out / stem}.json and .md")
