@@ -96,7 +96,7 @@ struct Constraint {
   bool box = false;  // lo or hi finite
   double lo = 0, hi = 0;
   at::TensorList centers;
-  at::TensorList radii;
+  std::vector<at::Tensor> radii;  // contiguous: the kernels index radius[sample]
   bool active() const { return ball != Ball::kNone || box; }
   bool has_center() const { return !centers.empty(); }
 };
@@ -140,7 +140,9 @@ inline Constraint check_constraint(at::TensorList params, at::TensorList centers
                 " for params of dtype ", p.scalar_type(), ", got ", r.scalar_type());
   }
   c.centers = centers;
-  c.radii = radii;
+  c.radii.reserve(radii.size());
+  // An expanded radius (stride 0) is legal input, and the kernels read radius[b].
+  for (const at::Tensor& r : radii) c.radii.push_back(r.contiguous());
   return c;
 }
 
