@@ -19,6 +19,7 @@
 #include <limits>
 #include <vector>
 
+#include "common/cuda_utils.cuh"
 #include "common/macros.h"
 #include "edge_energy/edge_energy_checks.h"
 #include "edge_energy/edge_energy_levels.h"
@@ -32,20 +33,6 @@ constexpr int kThreadsX = 32;
 constexpr int kThreadsY = 8;
 constexpr int kThreads = kThreadsX * kThreadsY;
 constexpr int kHalo = edge::kRadius;
-
-// Sum of v over the block in a fixed order (warp shuffles, then warp 0); valid in thread 0.
-__device__ double block_sum(double v, double* warp_sums) {
-  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_down_sync(0xffffffffu, v, offset);
-  const int tid = threadIdx.y * kThreadsX + threadIdx.x;
-  if (tid % 32 == 0) warp_sums[tid / 32] = v;
-  __syncthreads();
-  v = 0;
-  if (tid < 32) {
-    v = tid < kThreads / 32 ? warp_sums[tid] : 0.0;
-    for (int offset = 16; offset > 0; offset /= 2) v += __shfl_down_sync(0xffffffffu, v, offset);
-  }
-  return v;
-}
 
 // Stages rows [y0 - halo, y0 + kTile + halo) x cols [x0 - halo, x0 + kTile + halo) of an
 // image into `tile` (row pitch kTile + 2 halo) in the math type, zero outside the image.
@@ -101,7 +88,6 @@ forward_level_kernel(const S* __restrict__ u, int64_t h, int64_t w, Tiling tiles
   constexpr int side = kTile + 2 * kHalo;
   __shared__ T tile[side * side];
   __shared__ T rows[side * kTile];
-  __shared__ double warp_sums[kThreads / 32];
   const int tid = threadIdx.y * kThreadsX + threadIdx.x;
   const int64_t img = blockIdx.x / tiles.tiles_per_image;
   const int64_t t = blockIdx.x % tiles.tiles_per_image;
@@ -132,7 +118,7 @@ forward_level_kernel(const S* __restrict__ u, int64_t h, int64_t w, Tiling tiles
       }
     }
   }
-  const double total = block_sum(acc, warp_sums);
+  const double total = cuda::block_reduce_sum(acc, tid, kThreads);
   if (tid == 0) partials[img * partial_pitch + partial_offset + t] = total;
 }
 
@@ -140,12 +126,11 @@ forward_level_kernel(const S* __restrict__ u, int64_t h, int64_t w, Tiling tiles
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
 sum_partials_kernel(const double* __restrict__ partials, int64_t per_sample, scalar_t* __restrict__ out) {
-  __shared__ double warp_sums[kThreads / 32];
   const int tid = threadIdx.y * kThreadsX + threadIdx.x;
   const double* p = partials + static_cast<int64_t>(blockIdx.x) * per_sample;
   double acc = 0;
   for (int64_t i = tid; i < per_sample; i += kThreads) acc += p[i];
-  const double total = block_sum(acc, warp_sums);
+  const double total = cuda::block_reduce_sum(acc, tid, kThreads);
   if (tid == 0) out[blockIdx.x] = static_cast<scalar_t>(total);
 }
 

@@ -2,15 +2,17 @@
 // The CUDA multi-tensor apply of the optim ops (optim_cuda.cu), in the style of torch's
 // MultiTensorApply: each launch covers up to kMaxTensors tensors and kMaxBlocks chunks
 // of kChunk elements, described by a ChunkTable passed as the kernel argument (captured
-// by value in a CUDA graph). Blocks whose tensors are 16-byte aligned use vector loads,
-// the rest (and the tails) scalar ones; half types compute in float. Step counters, lr,
-// grad_scale and found_inf are read on the device, so a step never syncs with the host.
-// The L-inf ball and the box are fused into the update; the L2 ball is two more kernels
-// over fixed per-sample blocks (partial sums, then scale): a deterministic norm.
+// by value in a CUDA graph). Blocks whose tensors are aligned use vector loads (4
+// elements, 2 for double), the rest (and the tails) scalar ones; half types compute in
+// float. Step counters, lr, grad_scale and found_inf are read on the device in their
+// own dtype, so a step never syncs with the host nor copies them. The L-inf ball and
+// the box are fused into the update; the L2 ball is three launches per L2Table of up to
+// kMaxL2Tensors tensors (partial sums over fixed blocks, one total and scale per
+// sample, the scale pass): a deterministic norm in double.
 //
-// A rule (optim_cuda.cu) provides Args (host hyper-parameters), Coeffs<T> and
+// A rule (optim_cuda.cu) provides kStates, Args (host hyper-parameters), Coeffs<T> and
 // coeffs<T>(args, lr, grad_scale, step) (per tensor, on the device), and
-// update<T>(p, g, state[3], first, coeffs, args) on registers.
+// update<T>(p, g, state[kStates], first, coeffs, args) on registers.
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -19,11 +21,13 @@
 #include <c10/cuda/CUDAStream.h>
 
 #include <array>
+#include <cmath>
 #include <cstdint>
 #include <optional>
 #include <utility>
 #include <vector>
 
+#include "common/cuda_utils.cuh"
 #include "common/macros.h"
 #include "optim/optim_lists.h"
 #include "optim/optim_math.h"
@@ -34,12 +38,15 @@ namespace cuda_apply {
 
 using at::TensorList;
 
-constexpr int kThreads = 512;
+// 256 threads with room for 4 blocks per SM (<= 64 registers, 50% occupancy).
+constexpr int kThreads = 256;
+constexpr int kMinBlocksPerSm = 4;
 constexpr int64_t kChunk = 65536;  // elements per block
 constexpr int kMaxTensors = 24;
 constexpr int kMaxBlocks = 320;
 constexpr int kLists = 6;  // param, grad, three states at most, center
 constexpr int kParam = 0, kGrad = 1, kState = 2, kCenter = 5;
+constexpr int kMaxStates = 3;
 
 // One launch: the tensors it touches and the chunk every block works on.
 struct ChunkTable {
@@ -54,12 +61,33 @@ struct ChunkTable {
 };
 static_assert(sizeof(ChunkTable) <= 4000, "kernel arguments must stay under 4 KB");
 
-// Call-wide scalars, read on the device (pointers are float64 tensors or nullptr).
+// A one-element tensor read on the device in its own dtype, or absent (ptr == nullptr).
+enum ScalarDtype : int { kF32 = 0, kF64 = 1, kF16 = 2, kBF16 = 3 };
+struct ScalarRef {
+  const void* ptr = nullptr;
+  int dtype = kF32;
+};
+
+__device__ __forceinline__ double read_scalar(const ScalarRef& s, double absent) {
+  if (s.ptr == nullptr) return absent;
+  switch (s.dtype) {
+    case kF64:
+      return *static_cast<const double*>(s.ptr);
+    case kF16:
+      return static_cast<float>(*static_cast<const c10::Half*>(s.ptr));
+    case kBF16:
+      return static_cast<float>(*static_cast<const c10::BFloat16*>(s.ptr));
+    default:
+      return *static_cast<const float*>(s.ptr);
+  }
+}
+
+// Call-wide scalars, read on the device.
 struct DeviceScalars {
-  const double* lr;
+  ScalarRef lr;  // absent: lr_value
   double lr_value;
-  const double* grad_scale;
-  const double* found_inf;
+  ScalarRef grad_scale;
+  ScalarRef found_inf;
   bool step_is_double;
 };
 
@@ -70,8 +98,8 @@ struct Fused {
   T lo, hi;
 };
 
-__device__ __forceinline__ bool skipped(const DeviceScalars& s) {
-  return s.found_inf != nullptr && *s.found_inf != 0.0;
+__device__ __forceinline__ bool skipped(const ScalarRef& found_inf) {
+  return read_scalar(found_inf, 0.0) != 0.0;
 }
 
 __device__ __forceinline__ double read_step(const void* step, bool is_double) {
@@ -79,15 +107,12 @@ __device__ __forceinline__ double read_step(const void* step, bool is_double) {
   return is_double ? *static_cast<const double*>(step) : *static_cast<const float*>(step);
 }
 
-template <typename scalar_t, int N>
-struct alignas(sizeof(scalar_t) * N) Pack {
-  scalar_t v[N];
-};
-
 // ------------------------------------------------------------------ update kernel
 
 // Elements [begin, end) of one chunk (offsets relative to the chunk start `base`), N at
-// a time; N > 1 needs every pointer 16-byte aligned and (end - begin) % N == 0.
+// a time; N > 1 needs every pointer aligned to N elements and (end - begin) % N == 0.
+// The sample of an element (for the L-inf radius) is tracked by compares, not divisions:
+// a vector may straddle samples (per_sample % N != 0, or per_sample < N).
 template <int N, typename scalar_t, typename Rule, typename T>
 __device__ __forceinline__ void update_range(scalar_t* const (&ptr)[kLists], int64_t base,
                                              int64_t begin, int64_t end,
@@ -95,69 +120,96 @@ __device__ __forceinline__ void update_range(scalar_t* const (&ptr)[kLists], int
                                              const typename Rule::Args& args, bool first,
                                              const Fused<T>& fused, const T* radius,
                                              int64_t per_sample) {
-  using P = Pack<scalar_t, N>;
-  for (int64_t i = begin + static_cast<int64_t>(threadIdx.x) * N; i < end;
-       i += static_cast<int64_t>(kThreads) * N) {
-    P p = *reinterpret_cast<const P*>(ptr[kParam] + i);
-    const P g = *reinterpret_cast<const P*>(ptr[kGrad] + i);
-    P s[3];
-    for (int j = 0; j < 3; ++j) {
-      if (ptr[kState + j] != nullptr) s[j] = *reinterpret_cast<const P*>(ptr[kState + j] + i);
+  constexpr int S = Rule::kStates;
+  static_assert(S >= 1 && S <= kMaxStates, "a rule has one to three state slots");
+  constexpr int64_t kStride = static_cast<int64_t>(kThreads) * N;
+  using V = cuda::AlignedVec<scalar_t, N>;
+  int64_t i = begin + static_cast<int64_t>(threadIdx.x) * N;
+  if (i >= end) return;
+  cuda::SampleCursor sample{0, 0};
+  int64_t step_b = 0, step_r = 0;
+  if (radius != nullptr) {
+    sample.init(base + i, per_sample);
+    step_b = kStride / per_sample;
+    step_r = kStride - step_b * per_sample;
+  }
+  for (; i < end; i += kStride) {
+    V p = *reinterpret_cast<const V*>(ptr[kParam] + i);
+    const V g = *reinterpret_cast<const V*>(ptr[kGrad] + i);
+    V s[S];
+#pragma unroll
+    for (int j = 0; j < S; ++j) {
+      if (ptr[kState + j] != nullptr) s[j] = *reinterpret_cast<const V*>(ptr[kState + j] + i);
     }
-    P center;
-    if (fused.mode == 2) center = *reinterpret_cast<const P*>(ptr[kCenter] + i);
+    V center;
+    if (fused.mode == 2) center = *reinterpret_cast<const V*>(ptr[kCenter] + i);
+    int64_t b = 0, r = 0;  // sample and offset of element i + l
+    if (radius != nullptr) {
+      b = sample.b;
+      r = sample.r;
+    }
 #pragma unroll
     for (int l = 0; l < N; ++l) {
-      T pv = static_cast<T>(p.v[l]);
-      T sv[3];
-      for (int j = 0; j < 3; ++j) sv[j] = ptr[kState + j] ? static_cast<T>(s[j].v[l]) : T(0);
-      Rule::update(pv, static_cast<T>(g.v[l]), sv, first, c, args);
+      T pv = static_cast<T>(p.val[l]);
+      T sv[S];
+#pragma unroll
+      for (int j = 0; j < S; ++j) sv[j] = ptr[kState + j] ? static_cast<T>(s[j].val[l]) : T(0);
+      Rule::update(pv, static_cast<T>(g.val[l]), sv, first, c, args);
       if (fused.mode != 0) {
-        const T eps = radius ? radius[(base + i + l) / per_sample] : T(INFINITY);
-        const T ctr = fused.mode == 2 ? static_cast<T>(center.v[l]) : T(0);
+        const T eps = radius ? radius[b] : T(INFINITY);
+        const T ctr = fused.mode == 2 ? static_cast<T>(center.val[l]) : T(0);
         pv = constrain_linf(pv, ctr, eps, fused.lo, fused.hi);
       }
-      p.v[l] = static_cast<scalar_t>(pv);
-      for (int j = 0; j < 3; ++j) s[j].v[l] = static_cast<scalar_t>(sv[j]);
+      p.val[l] = static_cast<scalar_t>(pv);
+#pragma unroll
+      for (int j = 0; j < S; ++j) s[j].val[l] = static_cast<scalar_t>(sv[j]);
+      if (N > 1 && radius != nullptr && ++r == per_sample) {
+        r = 0;
+        ++b;
+      }
     }
-    *reinterpret_cast<P*>(ptr[kParam] + i) = p;
-    for (int j = 0; j < 3; ++j) {
-      if (ptr[kState + j] != nullptr) *reinterpret_cast<P*>(ptr[kState + j] + i) = s[j];
+    *reinterpret_cast<V*>(ptr[kParam] + i) = p;
+#pragma unroll
+    for (int j = 0; j < S; ++j) {
+      if (ptr[kState + j] != nullptr) *reinterpret_cast<V*>(ptr[kState + j] + i) = s[j];
     }
+    if (radius != nullptr) sample.advance(per_sample, step_b, step_r);
   }
 }
 
 template <typename scalar_t, typename Rule>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
     update_kernel(ChunkTable table, DeviceScalars scalars, typename Rule::Args args,
                   Fused<opmath_t<scalar_t>> fused) {
   using T = opmath_t<scalar_t>;
   using Coeffs = typename Rule::template Coeffs<T>;
-  if (skipped(scalars)) return;
+  if (skipped(scalars.found_inf)) return;
   const int t = table.tensor_of_block[blockIdx.x];
   const int64_t base = static_cast<int64_t>(table.chunk_of_block[blockIdx.x]) * kChunk;
   const int64_t n = min(kChunk, table.numel[t] - base);
 
   __shared__ Coeffs coeffs;
   if (threadIdx.x == 0) {
-    const double lr = scalars.lr ? *scalars.lr : scalars.lr_value;
-    const double grad_scale = scalars.grad_scale ? *scalars.grad_scale : 1.0;
+    const double lr = read_scalar(scalars.lr, scalars.lr_value);
+    const double grad_scale = read_scalar(scalars.grad_scale, 1.0);
     coeffs = Rule::template coeffs<T>(args, lr, grad_scale,
                                       read_step(table.step[t], scalars.step_is_double));
   }
   __syncthreads();
   const Coeffs c = coeffs;
 
+  // At most 4 elements a vector: 8-byte accesses for half types keep every rule under
+  // 64 registers (16-byte ones need up to 100), still full 256-byte warp accesses.
+  constexpr int kVec = cuda::vec_size<scalar_t>() < 4 ? cuda::vec_size<scalar_t>() : 4;
   scalar_t* ptr[kLists];
   bool aligned = true;
   for (int j = 0; j < kLists; ++j) {
     ptr[j] = table.ptr[j][t] ? static_cast<scalar_t*>(table.ptr[j][t]) + base : nullptr;
-    aligned = aligned && reinterpret_cast<uintptr_t>(ptr[j]) % 16 == 0;
+    aligned = aligned && reinterpret_cast<uintptr_t>(ptr[j]) % (sizeof(scalar_t) * kVec) == 0;
   }
   const T* radius = static_cast<const T*>(table.radius[t]);
   const int64_t per_sample = table.per_sample[t];
   const bool first = table.first[t];
-  constexpr int kVec = 16 / sizeof(scalar_t);
   const int64_t vec_end = aligned ? n - n % kVec : 0;
   update_range<kVec, scalar_t, Rule, T>(ptr, base, 0, vec_end, c, args, first, fused, radius,
                                         per_sample);
@@ -174,8 +226,8 @@ struct StepTable {
   int count;
 };
 
-static __global__ void advance_steps_kernel(StepTable table, bool is_double, const double* found_inf) {
-  if (found_inf != nullptr && *found_inf != 0.0) return;
+static __global__ void advance_steps_kernel(StepTable table, bool is_double, ScalarRef found_inf) {
+  if (skipped(found_inf)) return;
   const int i = threadIdx.x;
   if (i >= table.count) return;
   if (is_double) {
@@ -185,7 +237,7 @@ static __global__ void advance_steps_kernel(StepTable table, bool is_double, con
   }
 }
 
-inline void advance_steps(TensorList steps, const double* found_inf, cudaStream_t stream) {
+inline void advance_steps(TensorList steps, const ScalarRef& found_inf, cudaStream_t stream) {
   if (steps.empty()) return;
   const bool is_double = steps[0].scalar_type() == at::kDouble;
   StepTable table{};
@@ -201,122 +253,279 @@ inline void advance_steps(TensorList steps, const double* found_inf, cudaStream_
 
 // ------------------------------------------------------------------ L2 ball
 
-constexpr int kReduceThreads = 256;
-constexpr int64_t kReduceBlock = 8192;  // elements per partial sum: fixed, so the result
-                                        // does not depend on the launch configuration
+// Every sample is cut into fixed blocks of kReduceBlock elements: block k of sample b
+// covers [b*n + k*kReduceBlock, min(b*n + (k+1)*kReduceBlock, (b+1)*n)). Each block's
+// sum is added in a fixed order (thread tid takes elements (it * kL2Threads + tid) * VEC
+// + l in order of (it, l), vector loads or not, then a fixed tree), and each sample's
+// blocks by one warp in a fixed order: the result does not depend on the launch.
+constexpr int kL2Threads = cuda::kThreads;
+constexpr int64_t kReduceBlock = 8192;
+constexpr int kMaxL2Tensors = 48;
 
-// The L2 kernels split every sample into the same fixed blocks: block k of sample b
-// covers [b*n + k*kReduceBlock, min(b*n + (k+1)*kReduceBlock, (b+1)*n)).
-struct SampleBlocks {
-  int64_t per_sample, blocks_per_sample;
-  __device__ void range(int64_t block, int64_t& begin, int64_t& end) const {
-    const int64_t b = block / blocks_per_sample, k = block % blocks_per_sample;
-    begin = b * per_sample + k * kReduceBlock;
-    end = min(begin + kReduceBlock, (b + 1) * per_sample);
+// The tensors of one group of L2 launches. Blocks and samples are numbered across the
+// whole call: partial sums and per-sample scales live in one scratch tensor.
+struct L2Table {
+  void* param[kMaxL2Tensors];
+  const void* center[kMaxL2Tensors];  // nullptr: center 0
+  const void* radius[kMaxL2Tensors];  // [B] in the math type
+  int64_t per_sample[kMaxL2Tensors];
+  int64_t blocks_per_sample[kMaxL2Tensors];
+  int64_t block_start[kMaxL2Tensors + 1];   // first block of each tensor; [count]: the end
+  int64_t sample_start[kMaxL2Tensors + 1];  // first sample of each tensor; [count]: the end
+  int count;
+};
+static_assert(sizeof(L2Table) <= 3800, "kernel arguments must stay under 4 KB");
+
+// The last t in [0, count) with start[t] <= x (start is strictly increasing).
+__device__ __forceinline__ int find_tensor(const int64_t* start, int count, int64_t x) {
+  int lo = 0, hi = count - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (start[mid] <= x) {
+      lo = mid;
+    } else {
+      hi = mid - 1;
+    }
+  }
+  return lo;
+}
+
+// Reduce block g of the call: its tensor, sample and element range.
+struct L2Block {
+  int t;
+  int64_t sample, begin, end;
+  __device__ __forceinline__ L2Block(const L2Table& table, int64_t g) {
+    t = find_tensor(table.block_start, table.count, g);
+    const int64_t q = g - table.block_start[t], bps = table.blocks_per_sample[t];
+    const int64_t n = table.per_sample[t];
+    sample = q / bps;
+    begin = sample * n + (q - sample * bps) * kReduceBlock;
+    end = min(begin + kReduceBlock, (sample + 1) * n);
   }
 };
 
-// partial[block] = sum((p - c)^2) over the block, in double, in a fixed order.
-template <typename scalar_t>
-__global__ void __launch_bounds__(kReduceThreads)
-    l2_partials_kernel(const scalar_t* p, const scalar_t* c, SampleBlocks blocks, double* partial,
-                       const double* found_inf) {
-  using T = opmath_t<scalar_t>;
-  if (found_inf != nullptr && *found_inf != 0.0) return;
-  int64_t begin, end;
-  blocks.range(blockIdx.x, begin, end);
-  double acc = 0.0;
-  for (int64_t i = begin + threadIdx.x; i < end; i += kReduceThreads) {
-    const double d = static_cast<double>(static_cast<T>(p[i]) - (c ? static_cast<T>(c[i]) : T(0)));
-    acc += d * d;
+// Loads elements [i, i + VEC) (the first m only, one by one, unless vec) in the math type.
+template <int VEC, typename scalar_t, typename T>
+__device__ __forceinline__ void load_l2(const scalar_t* p, int64_t i, bool vec, int m,
+                                        T (&v)[VEC]) {
+  if (vec) {
+    const auto a = *reinterpret_cast<const cuda::AlignedVec<scalar_t, VEC>*>(p + i);
+#pragma unroll
+    for (int l = 0; l < VEC; ++l) v[l] = static_cast<T>(a.val[l]);
+  } else {
+#pragma unroll
+    for (int l = 0; l < VEC; ++l) v[l] = l < m ? static_cast<T>(p[i + l]) : T(0);
   }
-  __shared__ double sums[kReduceThreads];
-  sums[threadIdx.x] = acc;
-  __syncthreads();
-  for (int width = kReduceThreads / 2; width > 0; width /= 2) {
-    if (threadIdx.x < width) sums[threadIdx.x] += sums[threadIdx.x + width];
-    __syncthreads();
-  }
-  if (threadIdx.x == 0) partial[blockIdx.x] = sums[0];
 }
 
-// p = clamp(c + (p - c) * min(1, eps / ||p - c||), lo, hi); every block adds its
-// sample's partial sums in order, so all blocks of a sample see the same norm.
+__device__ __forceinline__ bool l2_vec_ok(const void* p, const void* c, int64_t n, int vec) {
+  return (reinterpret_cast<uintptr_t>(p) | reinterpret_cast<uintptr_t>(c)) % 16 == 0 &&
+         n % vec == 0;
+}
+
+// partial[g] = sum((p - c)^2) over reduce block g, in double.
 template <typename scalar_t>
-__global__ void __launch_bounds__(kReduceThreads)
-    l2_scale_kernel(scalar_t* p, const scalar_t* c, const opmath_t<scalar_t>* radius,
-                    SampleBlocks blocks, const double* partial, opmath_t<scalar_t> lo,
-                    opmath_t<scalar_t> hi, const double* found_inf) {
+__global__ void __launch_bounds__(kL2Threads)
+    l2_partials_kernel(L2Table table, double* partial, ScalarRef found_inf) {
   using T = opmath_t<scalar_t>;
-  if (found_inf != nullptr && *found_inf != 0.0) return;
-  const int64_t sample = blockIdx.x / blocks.blocks_per_sample;
-  __shared__ T scale;
-  if (threadIdx.x == 0) {
-    double total = 0.0;
-    for (int64_t k = 0; k < blocks.blocks_per_sample; ++k) {
-      total += partial[sample * blocks.blocks_per_sample + k];
+  constexpr int VEC = cuda::vec_size<scalar_t>();
+  if (skipped(found_inf)) return;
+  const int64_t first = table.block_start[0], blocks = table.block_start[table.count] - first;
+  for (int64_t q = blockIdx.x; q < blocks; q += gridDim.x) {
+    const L2Block blk(table, first + q);
+    const scalar_t* p = static_cast<const scalar_t*>(table.param[blk.t]);
+    const scalar_t* c = static_cast<const scalar_t*>(table.center[blk.t]);
+    const bool vec = l2_vec_ok(p, c, table.per_sample[blk.t], VEC);
+    double acc = 0.0;
+    for (int64_t i = blk.begin + static_cast<int64_t>(threadIdx.x) * VEC; i < blk.end;
+         i += static_cast<int64_t>(kL2Threads) * VEC) {
+      const int m = static_cast<int>(min(static_cast<int64_t>(VEC), blk.end - i));
+      T pv[VEC], cv[VEC];
+      load_l2<VEC>(p, i, vec, m, pv);
+      if (c != nullptr) {
+        load_l2<VEC>(c, i, vec, m, cv);
+      } else {
+#pragma unroll
+        for (int l = 0; l < VEC; ++l) cv[l] = T(0);
+      }
+#pragma unroll
+      for (int l = 0; l < VEC; ++l) {
+        if (l < m) {
+          const double d = static_cast<double>(pv[l] - cv[l]);
+          acc += d * d;
+        }
+      }
     }
-    scale = project::l2_scale<T>(static_cast<T>(sqrt(total)), radius[sample]);
-  }
-  __syncthreads();
-  const T s = scale;
-  int64_t begin, end;
-  blocks.range(blockIdx.x, begin, end);
-  for (int64_t i = begin + threadIdx.x; i < end; i += kReduceThreads) {
-    const T center = c ? static_cast<T>(c[i]) : T(0);
-    p[i] = static_cast<scalar_t>(constrain_l2(static_cast<T>(p[i]), center, s, lo, hi));
+    acc = cuda::block_reduce_sum(acc);
+    if (threadIdx.x == 0) partial[first + q] = acc;
   }
 }
 
+// scale[s] = min(1, eps / ||p - c||) of sample s (stored as double, exact for T): one
+// warp per sample adds its block sums in a fixed order.
+template <typename T>
+__global__ void __launch_bounds__(kL2Threads)
+    l2_finalize_kernel(L2Table table, const double* partial, double* scale, ScalarRef found_inf) {
+  if (skipped(found_inf)) return;
+  constexpr int kWarps = kL2Threads / 32;
+  const int lane = static_cast<int>(threadIdx.x) % 32;
+  const int64_t first = table.sample_start[0], samples = table.sample_start[table.count] - first;
+  for (int64_t q = blockIdx.x * static_cast<int64_t>(kWarps) + threadIdx.x / 32; q < samples;
+       q += static_cast<int64_t>(gridDim.x) * kWarps) {
+    const int64_t s = first + q;
+    const int t = find_tensor(table.sample_start, table.count, s);
+    const int64_t b = s - table.sample_start[t], bps = table.blocks_per_sample[t];
+    const double* sums = partial + table.block_start[t] + b * bps;
+    double acc = 0.0;
+    for (int64_t k = lane; k < bps; k += 32) acc += sums[k];
+    acc = cuda::warp_reduce_sum(acc);
+    if (lane == 0) {
+      const T eps = static_cast<const T*>(table.radius[t])[b];
+      scale[s] = static_cast<double>(project::l2_scale<T>(static_cast<T>(sqrt(acc)), eps));
+    }
+  }
+}
+
+// p = clamp(c + (p - c) * scale, lo, hi) over every reduce block.
 template <typename scalar_t>
-void l2_project(const at::Tensor& param, const at::Tensor* center, const at::Tensor& radius,
-                double lo, double hi, const double* found_inf, cudaStream_t stream) {
+__global__ void __launch_bounds__(kL2Threads)
+    l2_scale_kernel(L2Table table, const double* scale, opmath_t<scalar_t> lo,
+                    opmath_t<scalar_t> hi, ScalarRef found_inf) {
   using T = opmath_t<scalar_t>;
-  if (param.numel() == 0) return;
-  const int64_t batch = batch_of(param);
-  SampleBlocks blocks{param.numel() / batch, 0};
-  blocks.blocks_per_sample = (blocks.per_sample + kReduceBlock - 1) / kReduceBlock;
-  const int64_t grid = batch * blocks.blocks_per_sample;
-  TORCH_CHECK(grid <= INT32_MAX, "params too large for the L2 constraint kernel");
-  at::Tensor partial = at::empty({grid}, param.options().dtype(at::kDouble));
-  const scalar_t* c = center ? center->const_data_ptr<scalar_t>() : nullptr;
-  l2_partials_kernel<scalar_t><<<grid, kReduceThreads, 0, stream>>>(
-      param.const_data_ptr<scalar_t>(), c, blocks, partial.data_ptr<double>(), found_inf);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  l2_scale_kernel<scalar_t><<<grid, kReduceThreads, 0, stream>>>(
-      param.data_ptr<scalar_t>(), c, radius.const_data_ptr<T>(), blocks,
-      partial.const_data_ptr<double>(), static_cast<T>(lo), static_cast<T>(hi), found_inf);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  constexpr int VEC = cuda::vec_size<scalar_t>();
+  using V = cuda::AlignedVec<scalar_t, VEC>;
+  if (skipped(found_inf)) return;
+  const int64_t first = table.block_start[0], blocks = table.block_start[table.count] - first;
+  for (int64_t q = blockIdx.x; q < blocks; q += gridDim.x) {
+    const L2Block blk(table, first + q);
+    scalar_t* p = static_cast<scalar_t*>(table.param[blk.t]);
+    const scalar_t* c = static_cast<const scalar_t*>(table.center[blk.t]);
+    const T s = static_cast<T>(scale[table.sample_start[blk.t] + blk.sample]);
+    const bool vec = l2_vec_ok(p, c, table.per_sample[blk.t], VEC);
+    for (int64_t i = blk.begin + static_cast<int64_t>(threadIdx.x) * VEC; i < blk.end;
+         i += static_cast<int64_t>(kL2Threads) * VEC) {
+      const int m = static_cast<int>(min(static_cast<int64_t>(VEC), blk.end - i));
+      T pv[VEC], cv[VEC];
+      load_l2<VEC>(p, i, vec, m, pv);
+      if (c != nullptr) {
+        load_l2<VEC>(c, i, vec, m, cv);
+      } else {
+#pragma unroll
+        for (int l = 0; l < VEC; ++l) cv[l] = T(0);
+      }
+      if (vec) {
+        V out;
+#pragma unroll
+        for (int l = 0; l < VEC; ++l) {
+          out.val[l] = static_cast<scalar_t>(constrain_l2(pv[l], cv[l], s, lo, hi));
+        }
+        *reinterpret_cast<V*>(p + i) = out;
+      } else {
+#pragma unroll
+        for (int l = 0; l < VEC; ++l) {
+          if (l < m) p[i + l] = static_cast<scalar_t>(constrain_l2(pv[l], cv[l], s, lo, hi));
+        }
+      }
+    }
+  }
+}
+
+// p = clamp(c + (p - c) * min(1, eps / ||p - c||), lo, hi) per sample of every param.
+template <typename scalar_t>
+void l2_project(const std::vector<at::Tensor>& params, const std::vector<at::Tensor>* centers,
+                TensorList radii, double lo, double hi, const ScalarRef& found_inf,
+                cudaStream_t stream) {
+  using T = opmath_t<scalar_t>;
+  int64_t total_blocks = 0, total_samples = 0;
+  for (const at::Tensor& p : params) {
+    if (p.numel() == 0) continue;
+    const int64_t batch = batch_of(p), n = p.numel() / batch;
+    total_blocks += batch * ((n + kReduceBlock - 1) / kReduceBlock);
+    total_samples += batch;
+  }
+  if (total_blocks == 0) return;
+  at::Tensor scratch =
+      at::empty({total_blocks + total_samples}, params[0].options().dtype(at::kDouble));
+  double* partial = scratch.data_ptr<double>();
+  double* scale = partial + total_blocks;
+  const T tlo = static_cast<T>(lo), thi = static_cast<T>(hi);
+
+  L2Table table{};
+  int64_t block_end = 0, sample_end = 0;
+  auto launch = [&]() {
+    table.block_start[table.count] = block_end;
+    table.sample_start[table.count] = sample_end;
+    const int64_t blocks = block_end - table.block_start[0];
+    const int64_t samples = sample_end - table.sample_start[0];
+    const unsigned int grid = cuda::capped_grid(blocks, "L2 constraint");
+    l2_partials_kernel<scalar_t><<<grid, kL2Threads, 0, stream>>>(table, partial, found_inf);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    const int64_t warps = kL2Threads / 32;
+    l2_finalize_kernel<T><<<cuda::capped_grid((samples + warps - 1) / warps, "L2 constraint"),
+                            kL2Threads, 0, stream>>>(table, partial, scale, found_inf);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    l2_scale_kernel<scalar_t><<<grid, kL2Threads, 0, stream>>>(table, scale, tlo, thi, found_inf);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    table = L2Table{};
+  };
+  for (size_t i = 0; i < params.size(); ++i) {
+    const at::Tensor& p = params[i];
+    if (p.numel() == 0) continue;
+    const int64_t batch = batch_of(p), n = p.numel() / batch;
+    const int s = table.count++;
+    table.param[s] = p.data_ptr();
+    table.center[s] = centers ? (*centers)[i].const_data_ptr() : nullptr;
+    table.radius[s] = radii[i].const_data_ptr();
+    table.per_sample[s] = n;
+    table.blocks_per_sample[s] = (n + kReduceBlock - 1) / kReduceBlock;
+    table.block_start[s] = block_end;
+    table.sample_start[s] = sample_end;
+    block_end += batch * table.blocks_per_sample[s];
+    sample_end += batch;
+    if (table.count == kMaxL2Tensors) launch();
+  }
+  if (table.count > 0) launch();
 }
 
 // ------------------------------------------------------------------ one call
 
-// The device-side scalars of a call, with the float64 copies they point into kept alive.
+// The device-side scalars of a call. A scalar tensor is read where it lies, in its own
+// dtype; only a dtype the kernels do not read (float8) is copied, kept alive here.
 struct CallScalars {
   DeviceScalars device{};
-  at::Tensor lr, grad_scale, found_inf;
+  at::Tensor copies[3];
 };
 
+inline ScalarRef scalar_ref(const std::optional<at::Tensor>& t, at::Tensor& copy) {
+  if (!t.has_value()) return {};
+  switch (t->scalar_type()) {
+    case at::kFloat:
+      return {t->const_data_ptr(), kF32};
+    case at::kDouble:
+      return {t->const_data_ptr(), kF64};
+    case at::kHalf:
+      return {t->const_data_ptr(), kF16};
+    case at::kBFloat16:
+      return {t->const_data_ptr(), kBF16};
+    default:
+      copy = t->to(at::kFloat);
+      return {copy.const_data_ptr(), kF32};
+  }
+}
+
 inline CallScalars device_scalars(TensorList params, double lr,
-                           const std::optional<at::Tensor>& lr_tensor,
-                           const std::optional<at::Tensor>& grad_scale,
-                           const std::optional<at::Tensor>& found_inf, TensorList steps) {
+                                  const std::optional<at::Tensor>& lr_tensor,
+                                  const std::optional<at::Tensor>& grad_scale,
+                                  const std::optional<at::Tensor>& found_inf, TensorList steps) {
   const at::Device device = params[0].device();
   check_scalar_tensor(lr_tensor, "lr_tensor", device);
   check_scalar_tensor(grad_scale, "grad_scale", device);
   check_scalar_tensor(found_inf, "found_inf", device);
   CallScalars s;
-  // float64 copies on the device: one pointer type in the kernels, exact for float inputs
-  auto as_double = [](const std::optional<at::Tensor>& t) {
-    return t.has_value() ? t->reshape({1}).to(at::kDouble) : at::Tensor();
-  };
-  s.lr = as_double(lr_tensor);
-  s.grad_scale = as_double(grad_scale);
-  s.found_inf = as_double(found_inf);
-  s.device.lr = s.lr.defined() ? s.lr.const_data_ptr<double>() : nullptr;
+  s.device.lr = scalar_ref(lr_tensor, s.copies[0]);
   s.device.lr_value = lr;
-  s.device.grad_scale = s.grad_scale.defined() ? s.grad_scale.const_data_ptr<double>() : nullptr;
-  s.device.found_inf = s.found_inf.defined() ? s.found_inf.const_data_ptr<double>() : nullptr;
+  s.device.grad_scale = scalar_ref(grad_scale, s.copies[1]);
+  s.device.found_inf = scalar_ref(found_inf, s.copies[2]);
   s.device.step_is_double = !steps.empty() && steps[0].scalar_type() == at::kDouble;
   return s;
 }
@@ -363,8 +572,8 @@ void launch_update(const CallLists& call, const Constraint& k, const typename Ru
     if (numel == 0) continue;
     fill_slot(slot, i);
     const int64_t chunks = (numel + kChunk - 1) / kChunk;
+    TORCH_CHECK(chunks <= INT32_MAX, "params[", i, "] is too large (", numel, " elements)");
     for (int64_t chunk = 0; chunk < chunks; ++chunk) {
-      TORCH_CHECK(chunk <= INT32_MAX, "params[", i, "] is too large");
       table.tensor_of_block[blocks] = static_cast<unsigned char>(slot);
       table.chunk_of_block[blocks] = static_cast<int>(chunk);
       ++blocks;
@@ -387,9 +596,12 @@ void launch_update(const CallLists& call, const Constraint& k, const typename Ru
 // Everything after the checks, shared by the four ops: steps, layouts, update, L2 ball.
 template <typename Rule>
 void run_call(TensorList params, const std::vector<std::pair<TensorList, bool>>& states,
-              TensorList grads, TensorList steps, std::vector<bool> first, const Constraint& k,
-              const typename Rule::Args& args, const CallScalars& scalars) {
+              TensorList grads, TensorList steps, std::vector<bool> first,
+              const Constraint& constraint, const typename Rule::Args& args,
+              const CallScalars& scalars) {
+  TORCH_CHECK(states.size() <= static_cast<size_t>(Rule::kStates), "too many state lists");
   const c10::cuda::CUDAGuard guard(params[0].device());
+  const Constraint& k = constraint;  // radii are contiguous (check_constraint)
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   advance_steps(steps, scalars.device.found_inf, stream);
 
@@ -408,12 +620,8 @@ void run_call(TensorList params, const std::vector<std::pair<TensorList, bool>>&
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[0].scalar_type(), "optim_step_cuda", [&] {
     launch_update<scalar_t, Rule>(call, k, args, scalars.device, stream);
     if (k.ball == Ball::kL2) {
-      const auto& ps = *call.lists[kParam];
-      for (size_t i = 0; i < ps.size(); ++i) {
-        const at::Tensor* center = k.has_center() ? &(*call.lists[kCenter])[i] : nullptr;
-        l2_project<scalar_t>(ps[i], center, k.radii[i], k.lo, k.hi, scalars.device.found_inf,
-                             stream);
-      }
+      l2_project<scalar_t>(*call.lists[kParam], k.has_center() ? call.lists[kCenter] : nullptr,
+                           k.radii, k.lo, k.hi, scalars.device.found_inf, stream);
     }
   });
   work.finish();

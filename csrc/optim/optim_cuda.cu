@@ -18,10 +18,12 @@ using at::TensorList;
 using namespace cuda_apply;  // the multi-tensor apply: multi_tensor_cuda.cuh
 
 // ------------------------------------------------------------------ update rules
-// Each rule: Args (hyper-parameters from the host), Coeffs<T> (per tensor, from the step
-// on the device), and update() on registers: p, g, three state slots.
+// Each rule: kStates (state slots it uses: fewer registers), Args (hyper-parameters from
+// the host), Coeffs<T> (per tensor, from the step on the device), and update() on
+// registers: p, g, the state slots.
 
 struct SgdRule {
+  static constexpr int kStates = 1;
   struct Args {
     double momentum, dampening, weight_decay;
     bool nesterov, maximize, has_momentum;
@@ -34,7 +36,7 @@ struct SgdRule {
                          grad_scale);
   }
   template <typename T>
-  __device__ static void update(T& p, T g, T (&s)[3], bool first, const Coeffs<T>& c,
+  __device__ static void update(T& p, T g, T (&s)[kStates], bool first, const Coeffs<T>& c,
                                 const Args& a) {
     if (a.has_momentum) {
       sgd_update<T, true>(p, g, s[0], first, c);
@@ -45,6 +47,7 @@ struct SgdRule {
 };
 
 struct AdagradRule {
+  static constexpr int kStates = 1;
   struct Args {
     double lr_decay, weight_decay, eps;
     bool maximize;
@@ -56,12 +59,14 @@ struct AdagradRule {
     return adagrad_coeffs<T>(lr, a.lr_decay, a.weight_decay, a.eps, a.maximize, grad_scale, step);
   }
   template <typename T>
-  __device__ static void update(T& p, T g, T (&s)[3], bool, const Coeffs<T>& c, const Args&) {
+  __device__ static void update(T& p, T g, T (&s)[kStates], bool, const Coeffs<T>& c,
+                                const Args&) {
     adagrad_update<T>(p, g, s[0], c);
   }
 };
 
 struct RmspropRule {
+  static constexpr int kStates = 3;
   struct Args {
     double alpha, eps, weight_decay, momentum;
     bool centered, maximize;
@@ -74,7 +79,8 @@ struct RmspropRule {
                              grad_scale);
   }
   template <typename T>
-  __device__ static void update(T& p, T g, T (&s)[3], bool, const Coeffs<T>& c, const Args& a) {
+  __device__ static void update(T& p, T g, T (&s)[kStates], bool, const Coeffs<T>& c,
+                                const Args& a) {
     const bool momentum = a.momentum > 0.0;
     if (a.centered && momentum) {
       rmsprop_update<T, true, true>(p, g, s[0], s[1], s[2], c);
@@ -89,6 +95,7 @@ struct RmspropRule {
 };
 
 struct AdamRule {
+  static constexpr int kStates = 3;
   struct Args {
     double beta1, beta2, weight_decay, eps;
     bool amsgrad, maximize, decoupled;
@@ -101,7 +108,8 @@ struct AdamRule {
                           grad_scale, step);
   }
   template <typename T>
-  __device__ static void update(T& p, T g, T (&s)[3], bool, const Coeffs<T>& c, const Args& a) {
+  __device__ static void update(T& p, T g, T (&s)[kStates], bool, const Coeffs<T>& c,
+                                const Args& a) {
     if (a.amsgrad) {
       adam_update<T, true>(p, g, s[0], s[1], s[2], c);
     } else {
