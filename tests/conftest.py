@@ -4,6 +4,22 @@ import torch
 import advx  # noqa: F401
 
 
+def _float32_without_tf32():
+    """float32 comparisons need IEEE float32: torch 2.11 runs float32 convolutions (the
+    edge_energy reference, models under attack) in TF32 on Ampere+ GPUs by default, which
+    is ~1e-3 relative error. The legacy switches keep torch's old and new precision flags
+    consistent; the per-op conv/rnn flags are set too where they still say tf32."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    cudnn_ops = [getattr(torch.backends.cudnn, op, None) for op in ("conv", "rnn")]
+    if any(getattr(o, "fp32_precision", None) == "tf32" for o in cudnn_ops):
+        for o in cudnn_ops:
+            o.fp32_precision = "ieee"
+
+
+_float32_without_tf32()
+
+
 def _devices():
     devs = ["cpu"]
     if torch.cuda.is_available() and advx.build_info()["cuda"]:

@@ -1,11 +1,13 @@
 """CUDA-only checks of project_/pgd_step_: CPU-vs-CUDA parity, graph capture, indexing
-past 2^31 bytes, determinism, a second device. Skipped without a GPU."""
+past 2^31 elements, determinism, a second device. Skipped without a GPU."""
 import pytest
 import torch
 
+import advx
 from advx import ops, reference
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+cuda = pytest.mark.skipif(not (torch.cuda.is_available() and advx.build_info()["cuda"]),
+                          reason="needs a GPU and advx built with CUDA")
 
 
 def _inputs(shape, dtype, device="cuda"):
@@ -79,24 +81,109 @@ def test_second_device():
     torch.testing.assert_close(ops.pgd_step_(x, g, xo, 0.1, 0.01, "l2"), want)
 
 
+# ------------------------------------------------------------------ > 2^31 elements
+
+# Two rows of 2^30 + 1024 elements: 2^31 + 2048 in all, so flat indices past 2^31 exist
+# (a 32-bit element index wraps there); the row length is a multiple of 8, so the
+# 16-byte vector path of half types runs. Three such tensors are ~12.9 GB.
+BIG_ROWS, BIG_N = 2, (1 << 30) + 1024
+# Where to look: both row ends, and around flat index 2^31 (row 1, column 2^31 - n).
+_EDGE = 4096
+
+
+def _big_windows():
+    wrap = (1 << 31) - BIG_N
+    return [(0, BIG_N - _EDGE, BIG_N), (1, wrap - _EDGE, wrap + _EDGE), (1, BIG_N - _EDGE, BIG_N)]
+
+
+def _row_sums_of_squares(fn, rows, n, chunk=1 << 26):
+    """Per-row sum of fn(row, lo, hi)**2 over column chunks, accumulated in float64."""
+    out = torch.zeros(rows, dtype=torch.float64, device="cuda")
+    for b in range(rows):
+        for lo in range(0, n, chunk):
+            hi = min(n, lo + chunk)
+            out[b] += fn(b, lo, hi).double().square().sum()
+    return out
+
+
 @cuda
-def test_more_than_2_31_bytes():
-    n = (1 << 31) // 4 + 4099  # > 2^31 bytes of float32 per tensor
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
+def test_more_than_2_31_elements(dtype):
+    torch.cuda.empty_cache()
+    need = 3 * BIG_ROWS * BIG_N * 2 + (3 << 30)  # three tensors plus chunked temporaries
     free, _ = torch.cuda.mem_get_info()
-    if free < 4 * 4 * n + (1 << 30):
-        pytest.skip("not enough GPU memory")
-    x = torch.rand(2, n // 2, device="cuda")
-    g = torch.randn_like(x)
-    xo = torch.rand_like(x)
-    for norm in ("linf", "l2"):
-        got = ops.pgd_step_(x.clone(), g, xo, 0.5, 0.01, norm)
-        # check the far end of the tensor, where 32-bit indices would have wrapped
-        tail = slice(-5000, None)
-        want = reference.pgd_step_(x[:, tail].clone(), g[:, tail], xo[:, tail], 0.5, 0.01, "linf") if norm == "linf" else None
-        if want is not None:
-            torch.testing.assert_close(got[:, tail], want, atol=0, rtol=0)
-        else:
-            full = reference.pgd_step_(x.clone(), g, xo, 0.5, 0.01, norm)
-            torch.testing.assert_close(got[:, tail], full[:, tail])
-            del full
-        del got
+    if free < need:
+        pytest.skip(f"needs {need / 2**30:.1f} GiB of free GPU memory, {free / 2**30:.1f} GiB free")
+    # the big tensors live only in `big`, emptied at the end: a failing assertion keeps
+    # this frame alive in the traceback, and must not keep ~13 GB with it
+    big = {}
+    try:
+        _check_big(big, dtype)
+    finally:
+        big.clear()
+        torch.cuda.empty_cache()
+
+
+def _check_big(big, dtype):
+    ulp = dict(atol=2e-3, rtol=2e-3) if dtype == torch.float16 else dict(atol=1.6e-2, rtol=1.6e-2)
+    big["x"] = torch.empty(BIG_ROWS, BIG_N, dtype=dtype, device="cuda")
+    big["g"] = torch.empty_like(big["x"])
+    big["xo"] = torch.empty_like(big["x"])
+    gen = torch.Generator(device="cuda")
+
+    def fill(*names):  # the same values every time: a refill undoes an in-place op
+        gen.manual_seed(1234)
+        for name in names:
+            t = big[name]
+            t.normal_(generator=gen) if name == "g" else t.uniform_(0, 1, generator=gen)
+
+    def windows(name):
+        return [big[name][b, lo:hi].float() for b, lo, hi in _big_windows()]
+
+    def row_norms(fn):
+        return _row_sums_of_squares(fn, BIG_ROWS, BIG_N).sqrt()
+
+    def check(name, want, before, exact):
+        for (b, lo, hi), got, w, old in zip(_big_windows(), windows(name), want, before):
+            assert not torch.equal(got, old), f"row {b} columns [{lo}, {hi}) were not written"
+            tol = dict(atol=0, rtol=0) if exact else ulp
+            torch.testing.assert_close(got, w.to(dtype).float(), **tol,
+                                       msg=lambda m: f"row {b} columns [{lo}, {hi}): {m}")
+
+    # pgd_step_ linf: per element, so the reference on the windows alone is exact
+    fill("x", "g", "xo")
+    xs, gs, os = windows("x"), windows("g"), windows("xo")
+    want = [reference.pgd_step_(a.clone(), b, c, 0.05, 0.01, "linf") for a, b, c in zip(xs, gs, os)]
+    ops.pgd_step_(big["x"], big["g"], big["xo"], 0.05, 0.01, "linf")
+    check("x", want, xs, exact=True)
+
+    # pgd_step_ l2: the norms of g and of the stepped delta over whole rows (float64 sums
+    # of the float32 values the kernel computes); eps = half the delta norm: scale 1/2
+    fill("x", "g", "xo")
+    x, g, xo = big["x"], big["g"], big["xo"]
+    alpha = 50.0
+    gn = (row_norms(lambda b, lo, hi: g[b, lo:hi].float()) + 1e-10).float()
+    dnorm = row_norms(lambda b, lo, hi: (x[b, lo:hi].float() + alpha * (g[b, lo:hi].float() / gn[b]))
+                      - xo[b, lo:hi].float())
+    del x, g, xo
+    eps = (0.5 * dnorm).float()
+    scale = torch.clamp(eps.double() / dnorm, max=1.0).float()
+    xs, gs, os = windows("x"), windows("g"), windows("xo")
+    want = [torch.clamp(o + ((a + alpha * (gg / gn[b])) - o) * scale[b], 0, 1)
+            for (b, _, _), a, gg, o in zip(_big_windows(), xs, gs, os)]
+    ops.pgd_step_(big["x"], big["g"], big["xo"], eps, alpha, "l2")
+    check("x", want, xs, exact=False)
+    del big["x"], big["xo"]  # project_ works on g alone
+
+    # project_ linf, then l2 with eps = a quarter of each row's norm
+    fill("g")
+    gs = windows("g")
+    ops.project_(big["g"], 0.5, "linf")
+    check("g", [torch.clamp(a, -0.5, 0.5) for a in gs], gs, exact=True)
+    fill("g")
+    norm = row_norms(lambda b, lo, hi: big["g"][b, lo:hi].float())
+    eps = (0.25 * norm).float()
+    scale = torch.clamp(eps.double() / norm, max=1.0).float()
+    gs = windows("g")
+    ops.project_(big["g"], eps, "l2")
+    check("g", [a * scale[b] for (b, _, _), a in zip(_big_windows(), gs)], gs, exact=False)
