@@ -1,6 +1,9 @@
 // The one place where advx's operator schemas live. Kernels register themselves
 // next to their code (TORCH_LIBRARY_IMPL in each family's *_cpu.cpp / *_cuda.cu);
-// fake kernels and autograd are registered from python/advx/ops/.
+// fake kernels and autograd are registered from python/advx/ops/. Sparse inputs get
+// the error below instead of a kernel.
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/stack.h>
 #include <pybind11/pybind11.h>
 #include <torch/library.h>
 
@@ -19,8 +22,7 @@ TORCH_LIBRARY(advx, m) {
   m.def("edge_energy(Tensor x) -> Tensor");
   m.def("edge_energy_backward(Tensor grad_energy, Tensor x) -> Tensor");
 
-  // optim/ schemas: BEGIN
-  // Multi-tensor optimizer steps, in place (torch.optim's update rules). Per param i:
+  // optim/: multi-tensor optimizer steps, in place (torch.optim's update rules). Per param i:
   // grads[i] is divided by grad_scale; found_inf != 0 skips the step (counters too);
   // lr_tensor, when given, replaces lr; then the constraint: p = clamp(center +
   // project(p - center, radii[i], constraint_norm), lo, hi) per sample (dim 0), with
@@ -48,8 +50,49 @@ TORCH_LIBRARY(advx, m) {
       "float beta1, float beta2, float weight_decay, float eps, bool amsgrad, bool maximize, "
       "bool decoupled_weight_decay, Tensor? lr_tensor, Tensor? grad_scale, Tensor? found_inf, "
       "Tensor[] centers, Tensor[] radii, str constraint_norm, float lo, float hi) -> ()");
-  // optim/ schemas: END
 }
+
+namespace {
+
+// Every op defined above (tests/test_boundaries.py checks that none is missing).
+constexpr const char* kOps[] = {"project_", "pgd_step_", "edge_energy", "edge_energy_backward",
+                                "sgd_step_", "adagrad_step_", "rmsprop_step_", "adam_step_"};
+
+void throw_if_sparse(const at::Tensor& t, const std::string& name) {
+  TORCH_CHECK_TYPE(!t.defined() || t.layout() == at::kStrided, name, " has layout ", t.layout(),
+                   ": advx's kernels take dense tensors, not sparse ones");
+}
+
+// The kernel of every op for sparse inputs. Without it the dispatcher's error names a
+// backend ("Could not run 'advx::adam_step_' with arguments from the 'SparseCPU'
+// backend"); this one names the argument, as a TypeError.
+void reject_sparse(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
+  const auto& arguments = op.schema().arguments();
+  const auto inputs = torch::jit::last(*stack, arguments.size());
+  for (size_t a = 0; a < arguments.size(); ++a) {
+    const c10::IValue& value = inputs[a];
+    if (value.isTensor()) {
+      throw_if_sparse(value.toTensor(), arguments[a].name());
+    } else if (value.isTensorList()) {
+      const auto list = value.toTensorList();
+      for (size_t i = 0; i < list.size(); ++i) {
+        throw_if_sparse(list.get(i), arguments[a].name() + "[" + std::to_string(i) + "]");
+      }
+    }
+  }
+  TORCH_CHECK_TYPE(false, op.schema().name(), ": advx's kernels take dense tensors");
+}
+
+void reject_sparse_inputs(torch::Library& m) {
+  for (const char* name : kOps) m.impl(name, torch::CppFunction::makeFromBoxedFunction<&reject_sparse>());
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(advx, SparseCPU, m) { reject_sparse_inputs(m); }
+TORCH_LIBRARY_IMPL(advx, SparseCUDA, m) { reject_sparse_inputs(m); }
+TORCH_LIBRARY_IMPL(advx, SparseCsrCPU, m) { reject_sparse_inputs(m); }
+TORCH_LIBRARY_IMPL(advx, SparseCsrCUDA, m) { reject_sparse_inputs(m); }
 
 namespace py = pybind11;
 

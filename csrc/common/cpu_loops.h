@@ -32,25 +32,31 @@ void for_each_sample_piece(int64_t batch, int64_t n, const F& f) {
   });
 }
 
-// Sum of squares in double with independent lanes (vectorizes, and is more accurate
-// than the reference's float32 sum).
-template <typename scalar_t>
-ADVX_CPU_CLONES double sum_squares(const scalar_t* v, int64_t n) {
+// sum over i in [0, n) of value(i)^2, value(i) a double: 8 independent lanes (vectorizes,
+// and is more accurate than the reference's float32 sum) added in a fixed order, so the
+// bits depend on n only. Every CPU L2 norm is one of these.
+template <typename F>
+ADVX_CPU_CLONES double lane_sum_squares(int64_t n, const F& value) {
   constexpr int kLanes = 8;
   double acc[kLanes] = {0, 0, 0, 0, 0, 0, 0, 0};
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {
     for (int k = 0; k < kLanes; ++k) {
-      const double x = static_cast<double>(v[i + k]);
+      const double x = value(i + k);
       acc[k] += x * x;
     }
   }
   double tail = 0;
   for (; i < n; ++i) {
-    const double x = static_cast<double>(v[i]);
+    const double x = value(i);
     tail += x * x;
   }
   return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7])) + tail;
+}
+
+template <typename scalar_t>
+double sum_squares(const scalar_t* v, int64_t n) {
+  return lane_sum_squares(n, [v](int64_t i) { return static_cast<double>(v[i]); });
 }
 
 // Per-sample reduction that is deterministic whatever the thread count: each sample

@@ -1,23 +1,29 @@
 #pragma once
-// The CPU multi-tensor apply of the optim ops (optim_cpu.cpp): ONE parallel region per
-// call walks fixed-size chunks of the concatenation of all tensors, with the L-inf ball
-// and the box fused into the update loop and the L2 ball as a deterministic per-sample
-// norm pass plus a scale pass.
+// The CPU multi-tensor driver of the optim ops (optim_ops.h, registered in optim_cpu.cpp):
+// cpu_apply::Driver::run<Rule> takes a rule of optim_rules.h, as the CUDA driver does. ONE
+// parallel region per call walks fixed-size chunks of the concatenation of all tensors
+// (rather than one region per tensor, which is what costs torch's per-tensor kernels time
+// on lists of many small tensors), with the L-inf ball and the box fused into the update
+// loop and the L2 ball as the common CPU L2 projection (common/ball_cpu.h) after it. The
+// update loop is instantiated per rule variant and constraint kind, so it vectorizes.
+#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
-#include <cmath>
 #include <limits>
 #include <optional>
 #include <type_traits>
 #include <vector>
 
-#include "common/cpu_loops.h"
+#include "common/ball.h"
+#include "common/ball_cpu.h"
 #include "common/macros.h"
 #include "optim/optim_lists.h"
-#include "optim/optim_math.h"
+#include "optim/optim_ops.h"
+#include "optim/optim_rules.h"
 
 namespace advx {
 namespace optim {
@@ -56,7 +62,7 @@ void for_each_chunk_piece(const std::vector<int64_t>& offsets, const F& body) {
   });
 }
 
-// What the update loop does to p after the rule (optim_math.h constrain_linf).
+// What the update loop does to p after the rule (common/ball.h linf_ball_box).
 enum Fuse : int { kPlain = 0, kLinfAtZero = 1, kLinfAtCenter = 2 };
 
 template <typename T>
@@ -67,9 +73,9 @@ struct LinfBox {
 template <int kFuse, typename T, typename scalar_t>
 inline T fused_constraint(T p, const scalar_t* center, int64_t i, const LinfBox<T>& k) {
   if constexpr (kFuse == kLinfAtCenter) {
-    return constrain_linf(p, static_cast<T>(center[i]), k.eps, k.lo, k.hi);
+    return linf_ball_box(p, static_cast<T>(center[i]), k.eps, k.lo, k.hi);
   } else if constexpr (kFuse == kLinfAtZero) {
-    return constrain_linf(p, T(0), k.eps, k.lo, k.hi);
+    return linf_ball_box(p, T(0), k.eps, k.lo, k.hi);
   } else {
     return p;
   }
@@ -105,99 +111,52 @@ void fused_piece(const Constraint& k, const at::Tensor& param, const at::Tensor*
   }
 }
 
-// ------------------------------------------------------------------ L2 ball
+// ------------------------------------------------------------------ the update loop
 
-// sum((p - c)^2) over n elements in double with independent lanes (vectorizes and is
-// deterministic: the caller fixes the blocks).
-template <typename scalar_t>
-ADVX_CPU_CLONES double diff_sum_squares(const scalar_t* __restrict__ p,
-                                        const scalar_t* __restrict__ c, int64_t n) {
-  using T = opmath_t<scalar_t>;
-  constexpr int kLanes = 8;
-  double acc[kLanes] = {0, 0, 0, 0, 0, 0, 0, 0};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    for (int l = 0; l < kLanes; ++l) {
-      const double d = static_cast<double>(static_cast<T>(p[i + l]) - static_cast<T>(c[i + l]));
-      acc[l] += d * d;
+// State slot J of element i into and out of registers, where variant V uses it.
+template <typename Rule, int V, int J, typename T, typename scalar_t>
+inline void load_slot(T (&s)[Rule::kStates], const scalar_t* slot, int64_t i) {
+  if constexpr (J < Rule::kStates) {
+    if constexpr (Rule::uses(V, J)) {
+      s[J] = static_cast<T>(slot[i]);
+    } else {
+      s[J] = T(0);
     }
   }
-  double tail = 0;
-  for (; i < n; ++i) {
-    const double d = static_cast<double>(static_cast<T>(p[i]) - static_cast<T>(c[i]));
-    tail += d * d;
-  }
-  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7])) + tail;
 }
 
-template <typename scalar_t, bool kCenter>
-ADVX_CPU_CLONES void l2_finish_range(scalar_t* __restrict__ p, const scalar_t* __restrict__ c,
-                                     int64_t n, opmath_t<scalar_t> scale, opmath_t<scalar_t> lo,
-                                     opmath_t<scalar_t> hi) {
+template <typename Rule, int V, int J, typename T, typename scalar_t>
+inline void store_slot(const T (&s)[Rule::kStates], scalar_t* slot, int64_t i) {
+  if constexpr (J < Rule::kStates) {
+    if constexpr (Rule::uses(V, J)) slot[i] = static_cast<scalar_t>(s[J]);
+  }
+}
+
+// Rule variant V over n elements of one tensor, the constraint kFuse fused in; s0..s2 are
+// the state slots (nullptr where V does not use one).
+template <typename Rule, int V, int kFuse, typename scalar_t>
+ADVX_CPU_CLONES void update_range(scalar_t* __restrict__ p, const scalar_t* __restrict__ g,
+                                  scalar_t* __restrict__ s0, scalar_t* __restrict__ s1,
+                                  scalar_t* __restrict__ s2, const scalar_t* __restrict__ center,
+                                  int64_t n, bool first,
+                                  typename Rule::template Coeffs<opmath_t<scalar_t>> c,
+                                  LinfBox<opmath_t<scalar_t>> k) {
   using T = opmath_t<scalar_t>;
   for (int64_t i = 0; i < n; ++i) {
-    const T center = kCenter ? static_cast<T>(c[i]) : T(0);
-    p[i] = static_cast<scalar_t>(constrain_l2(static_cast<T>(p[i]), center, scale, lo, hi));
+    T pi = static_cast<T>(p[i]);
+    T s[Rule::kStates];
+    load_slot<Rule, V, 0>(s, s0, i);
+    load_slot<Rule, V, 1>(s, s1, i);
+    load_slot<Rule, V, 2>(s, s2, i);
+    Rule::template update<V>(pi, static_cast<T>(g[i]), s, first, c);
+    p[i] = static_cast<scalar_t>(fused_constraint<kFuse>(pi, center, i, k));
+    store_slot<Rule, V, 0>(s, s0, i);
+    store_slot<Rule, V, 1>(s, s1, i);
+    store_slot<Rule, V, 2>(s, s2, i);
   }
-}
-
-// p = clamp(c + (p - c) * min(1, eps / ||p - c||), lo, hi) per sample.
-template <typename scalar_t>
-void l2_project(const at::Tensor& param, const at::Tensor* center, const at::Tensor& radius,
-                double lo, double hi) {
-  using T = opmath_t<scalar_t>;
-  if (param.numel() == 0) return;
-  const int64_t batch = batch_of(param), n = param.numel() / batch;
-  scalar_t* p = param.data_ptr<scalar_t>();
-  const scalar_t* c = center ? center->const_data_ptr<scalar_t>() : nullptr;
-  const T* eps = radius.const_data_ptr<T>();
-  const auto sq = cpu::per_sample_sum(batch, n, [&](int64_t, int64_t s, int64_t t) {
-    return c ? diff_sum_squares(p + s, c + s, t - s) : cpu::sum_squares(p + s, t - s);
-  });
-  std::vector<T> scale(batch);
-  for (int64_t b = 0; b < batch; ++b) {
-    scale[b] = project::l2_scale<T>(static_cast<T>(std::sqrt(sq[b])), eps[b]);
-  }
-  const T tlo = static_cast<T>(lo), thi = static_cast<T>(hi);
-  cpu::for_each_sample_piece(batch, n, [&](int64_t b, int64_t s, int64_t t) {
-    if (c) {
-      l2_finish_range<scalar_t, true>(p + s, c + s, t - s, scale[b], tlo, thi);
-    } else {
-      l2_finish_range<scalar_t, false>(p + s, nullptr, t - s, scale[b], tlo, thi);
-    }
-  });
 }
 
 // ------------------------------------------------------------------ one call
-
-// Scalars every op reads the same way. found_inf != 0 skips the whole step.
-struct CallScalars {
-  bool skip = false;
-  double lr = 0;
-  double grad_scale = 1;
-};
-
-inline CallScalars read_call_scalars(at::TensorList params, double lr,
-                              const std::optional<at::Tensor>& lr_tensor,
-                              const std::optional<at::Tensor>& grad_scale,
-                              const std::optional<at::Tensor>& found_inf) {
-  const at::Device cpu(at::kCPU);
-  check_scalar_tensor(lr_tensor, "lr_tensor", cpu);
-  check_scalar_tensor(grad_scale, "grad_scale", cpu);
-  check_scalar_tensor(found_inf, "found_inf", cpu);
-  CallScalars s;
-  s.skip = found_inf.has_value() && found_inf->item<double>() != 0.0;
-  s.lr = lr_tensor.has_value() ? lr_tensor->item<double>() : lr;
-  s.grad_scale = grad_scale.has_value() ? grad_scale->item<double>() : 1.0;
-  return s;
-}
-
-inline void check_on_cpu(at::TensorList params) {
-  if (!params.empty()) {
-    TORCH_CHECK(params[0].is_cpu(), "params must be on the CPU for the CPU kernel, got ",
-                params[0].device());
-  }
-}
 
 // step += 1 in the counter's own dtype (as torch's `step_t += 1`); returns the new values.
 inline std::vector<double> advance_steps(at::TensorList steps) {
@@ -222,6 +181,7 @@ inline std::vector<int64_t> flat_offsets(const std::vector<at::Tensor>& params) 
   return offsets;
 }
 
+// The data pointers of a list; empty when the list is.
 template <typename scalar_t>
 std::vector<scalar_t*> pointers(const std::vector<at::Tensor>& list) {
   std::vector<scalar_t*> out(list.size());
@@ -229,38 +189,111 @@ std::vector<scalar_t*> pointers(const std::vector<at::Tensor>& list) {
   return out;
 }
 
-// Walks every tensor with `range_of(i)` (a callable like fused_piece's `range`), then
-// applies the L2 ball where there is one and writes copies back.
-template <typename scalar_t, typename RangeOf>
-void run_update(WorkingLists& work, const Constraint& k, size_t center_list,
-                const RangeOf& range_of) {
-  using T = opmath_t<scalar_t>;
-  const auto& params = work.get(0);
-  const auto offsets = flat_offsets(params);
-  for_each_chunk_piece(offsets, [&](size_t i, int64_t begin, int64_t end) {
-    const at::Tensor* radius = k.ball == Ball::kNone ? nullptr : &k.radii[i];
-    fused_piece<T>(k, params[i], radius, begin, end, range_of(i));
-  });
-  if (k.ball == Ball::kL2) {
-    for (size_t i = 0; i < params.size(); ++i) {
-      const at::Tensor* center = k.has_center() ? &work.get(center_list)[i] : nullptr;
-      l2_project<scalar_t>(params[i], center, k.radii[i], k.lo, k.hi);
+// f(std::integral_constant<int, v>) for a v in [0, N) known at run time only.
+template <int N, int V = 0, typename F>
+void with_variant(int v, const F& f) {
+  if constexpr (V + 1 < N) {
+    if (v != V) {
+      with_variant<N, V + 1>(v, f);
+      return;
     }
   }
-  work.finish();
+  f(std::integral_constant<int, V>{});
 }
 
-// The center list's working tensors, or nullptrs when the ball sits at the origin.
-template <typename scalar_t>
-std::vector<const scalar_t*> center_pointers(const WorkingLists& work, const Constraint& k,
-                                             size_t center_list, size_t n) {
-  std::vector<const scalar_t*> out(n, nullptr);
-  if (k.has_center()) {
-    const auto& centers = work.get(center_list);
-    for (size_t i = 0; i < n; ++i) out[i] = centers[i].const_data_ptr<scalar_t>();
+// The working lists of one call, by role: lists[0] params, [1] grads, [2 + j] state slot j,
+// [2 + kStates] centers (empty for the origin).
+template <typename Rule>
+struct ListIndex {
+  static constexpr size_t kGrad = 1, kState = 2, kCenter = 2 + Rule::kStates;
+  std::array<size_t, 3 + Rule::kStates> index;
+};
+
+// Walks every tensor of the call with rule variant V in ONE parallel region.
+template <typename Rule, int V, typename scalar_t>
+void update_all(const WorkingLists& work, const ListIndex<Rule>& lists, const Constraint& k,
+                const std::vector<bool>& first,
+                const std::vector<typename Rule::template Coeffs<opmath_t<scalar_t>>>& coeffs) {
+  using T = opmath_t<scalar_t>;
+  using L = ListIndex<Rule>;
+  const auto& params = work.get(0);
+  const auto p = pointers<scalar_t>(params);
+  const auto g = pointers<scalar_t>(work.get(lists.index[L::kGrad]));
+  std::array<std::vector<scalar_t*>, 3> s;  // empty: no such slot, or V does not use it
+  for (int j = 0; j < Rule::kStates; ++j) {
+    if (Rule::uses(V, j)) s[j] = pointers<scalar_t>(work.get(lists.index[L::kState + j]));
   }
-  return out;
+  const auto c = pointers<scalar_t>(work.get(lists.index[L::kCenter]));
+  const auto at_piece = [](const auto& ptrs, size_t i, int64_t b) {
+    return ptrs.empty() ? nullptr : ptrs[i] + b;
+  };
+  for_each_chunk_piece(flat_offsets(params), [&](size_t i, int64_t begin, int64_t end) {
+    const at::Tensor* radius = k.ball == Ball::kNone ? nullptr : &k.radii[i];
+    const bool first_i = !first.empty() && first[i];
+    fused_piece<T>(k, params[i], radius, begin, end,
+                   [&](auto fuse, int64_t b, int64_t e, LinfBox<T> box) {
+                     update_range<Rule, V, decltype(fuse)::value>(
+                         p[i] + b, g[i] + b, at_piece(s[0], i, b), at_piece(s[1], i, b),
+                         at_piece(s[2], i, b), at_piece(c, i, b), e - b, first_i, coeffs[i], box);
+                   });
+  });
 }
+
+// The L2 ball of the constraint, per param, after the update.
+template <typename scalar_t>
+void l2_constrain(const std::vector<at::Tensor>& params, const std::vector<at::Tensor>& centers,
+                  const Constraint& k) {
+  for (size_t i = 0; i < params.size(); ++i) {
+    const at::Tensor& p = params[i];
+    if (p.numel() == 0) continue;
+    const int64_t batch = batch_of(p);
+    cpu::l2_project<scalar_t>(p.data_ptr<scalar_t>(),
+                              centers.empty() ? nullptr : centers[i].const_data_ptr<scalar_t>(),
+                              k.radii[i].const_data_ptr<opmath_t<scalar_t>>(), batch,
+                              p.numel() / batch, k.lo, k.hi);
+  }
+}
+
+// A one-element tensor's value, or `absent`.
+inline double read_scalar(const std::optional<at::Tensor>& t, double absent) {
+  return t.has_value() ? t->item<double>() : absent;
+}
+
+struct Driver {
+  static constexpr c10::DeviceType kDevice = c10::DeviceType::CPU;
+
+  // lr, grad_scale and found_inf are read on the host; found_inf != 0 skips the whole
+  // step, counters included.
+  template <typename Rule>
+  static void run(const StepCall<Rule>& call) {
+    if (read_scalar(call.found_inf, 0.0) != 0.0) return;
+    const double lr = read_scalar(call.lr_tensor, call.lr);
+    const double grad_scale = read_scalar(call.grad_scale, 1.0);
+    const std::vector<double> step = advance_steps(call.steps);
+    const Constraint& k = call.constraint;
+    WorkingLists work(call.params, k.ball != Ball::kNone);
+    ListIndex<Rule> lists;
+    lists.index[0] = 0;
+    lists.index[lists.kGrad] = work.add(call.grads, false);
+    for (int j = 0; j < Rule::kStates; ++j) lists.index[lists.kState + j] = work.add(call.states[j], true);
+    lists.index[lists.kCenter] = work.add(k.centers, false);
+    const int variant = variant_of<Rule>(call.args);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, call.params[0].scalar_type(), Rule::kName, [&] {
+      using T = opmath_t<scalar_t>;
+      std::vector<typename Rule::template Coeffs<T>> coeffs;
+      coeffs.reserve(call.params.size());
+      for (size_t i = 0; i < call.params.size(); ++i) {
+        const double t = step.empty() ? 0.0 : step[i];
+        coeffs.push_back(Rule::template coeffs<T>(call.args, lr, grad_scale, t));
+      }
+      with_variant<kVariants<Rule>>(variant, [&](auto v) {
+        update_all<Rule, decltype(v)::value, scalar_t>(work, lists, k, call.first, coeffs);
+      });
+      if (k.ball == Ball::kL2) l2_constrain<scalar_t>(work.get(0), work.get(lists.index[lists.kCenter]), k);
+    });
+    work.finish();
+  }
+};
 
 }  // namespace cpu_apply
 }  // namespace optim

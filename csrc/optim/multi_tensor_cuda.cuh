@@ -10,9 +10,9 @@
 // kMaxL2Tensors tensors (partial sums over fixed blocks, one total and scale per
 // sample, the scale pass): a deterministic norm in double.
 //
-// A rule (optim_cuda.cu) provides kStates, Args (host hyper-parameters), Coeffs<T> and
-// coeffs<T>(args, lr, grad_scale, step) (per tensor, on the device), and
-// update<T>(p, g, state[kStates], first, coeffs, args) on registers.
+// cuda_apply::Driver::run<Rule> takes a rule of optim_rules.h (as the CPU driver does):
+// coeffs<T>(args, lr, grad_scale, step) per tensor on the device, and the update of the
+// call's variant on registers (update_variant: the variant is uniform over a launch).
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -27,10 +27,12 @@
 #include <utility>
 #include <vector>
 
+#include "common/ball.h"
 #include "common/cuda_utils.cuh"
 #include "common/macros.h"
 #include "optim/optim_lists.h"
-#include "optim/optim_math.h"
+#include "optim/optim_ops.h"
+#include "optim/optim_rules.h"
 
 namespace advx {
 namespace optim {
@@ -154,11 +156,11 @@ __device__ __forceinline__ void update_range(scalar_t* const (&ptr)[kLists], int
       T sv[S];
 #pragma unroll
       for (int j = 0; j < S; ++j) sv[j] = ptr[kState + j] ? static_cast<T>(s[j].val[l]) : T(0);
-      Rule::update(pv, static_cast<T>(g.val[l]), sv, first, c, args);
+      update_variant<Rule>(args, pv, static_cast<T>(g.val[l]), sv, first, c);
       if (fused.mode != 0) {
         const T eps = radius ? radius[b] : T(INFINITY);
         const T ctr = fused.mode == 2 ? static_cast<T>(center.val[l]) : T(0);
-        pv = constrain_linf(pv, ctr, eps, fused.lo, fused.hi);
+        pv = linf_ball_box(pv, ctr, eps, fused.lo, fused.hi);
       }
       p.val[l] = static_cast<scalar_t>(pv);
 #pragma unroll
@@ -381,7 +383,7 @@ __global__ void __launch_bounds__(kL2Threads)
     acc = cuda::warp_reduce_sum(acc);
     if (lane == 0) {
       const T eps = static_cast<const T*>(table.radius[t])[b];
-      scale[s] = static_cast<double>(project::l2_scale<T>(static_cast<T>(sqrt(acc)), eps));
+      scale[s] = static_cast<double>(l2_scale_of_sumsq<T>(acc, eps));
     }
   }
 }
@@ -417,13 +419,13 @@ __global__ void __launch_bounds__(kL2Threads)
         V out;
 #pragma unroll
         for (int l = 0; l < VEC; ++l) {
-          out.val[l] = static_cast<scalar_t>(constrain_l2(pv[l], cv[l], s, lo, hi));
+          out.val[l] = static_cast<scalar_t>(l2_ball_box(pv[l] - cv[l], cv[l], s, lo, hi));
         }
         *reinterpret_cast<V*>(p + i) = out;
       } else {
 #pragma unroll
         for (int l = 0; l < VEC; ++l) {
-          if (l < m) p[i + l] = static_cast<scalar_t>(constrain_l2(pv[l], cv[l], s, lo, hi));
+          if (l < m) p[i + l] = static_cast<scalar_t>(l2_ball_box(pv[l] - cv[l], cv[l], s, lo, hi));
         }
       }
     }
@@ -513,20 +515,14 @@ inline ScalarRef scalar_ref(const std::optional<at::Tensor>& t, at::Tensor& copy
   }
 }
 
-inline CallScalars device_scalars(TensorList params, double lr,
-                                  const std::optional<at::Tensor>& lr_tensor,
-                                  const std::optional<at::Tensor>& grad_scale,
-                                  const std::optional<at::Tensor>& found_inf, TensorList steps) {
-  const at::Device device = params[0].device();
-  check_scalar_tensor(lr_tensor, "lr_tensor", device);
-  check_scalar_tensor(grad_scale, "grad_scale", device);
-  check_scalar_tensor(found_inf, "found_inf", device);
+template <typename Rule>
+CallScalars device_scalars(const StepCall<Rule>& call) {
   CallScalars s;
-  s.device.lr = scalar_ref(lr_tensor, s.copies[0]);
-  s.device.lr_value = lr;
-  s.device.grad_scale = scalar_ref(grad_scale, s.copies[1]);
-  s.device.found_inf = scalar_ref(found_inf, s.copies[2]);
-  s.device.step_is_double = !steps.empty() && steps[0].scalar_type() == at::kDouble;
+  s.device.lr = scalar_ref(call.lr_tensor, s.copies[0]);
+  s.device.lr_value = call.lr;
+  s.device.grad_scale = scalar_ref(call.grad_scale, s.copies[1]);
+  s.device.found_inf = scalar_ref(call.found_inf, s.copies[2]);
+  s.device.step_is_double = !call.steps.empty() && call.steps[0].scalar_type() == at::kDouble;
   return s;
 }
 
@@ -593,46 +589,39 @@ void launch_update(const CallLists& call, const Constraint& k, const typename Ru
   if (blocks > 0) launch();
 }
 
-// Everything after the checks, shared by the four ops: steps, layouts, update, L2 ball.
-template <typename Rule>
-void run_call(TensorList params, const std::vector<std::pair<TensorList, bool>>& states,
-              TensorList grads, TensorList steps, std::vector<bool> first,
-              const Constraint& constraint, const typename Rule::Args& args,
-              const CallScalars& scalars) {
-  TORCH_CHECK(states.size() <= static_cast<size_t>(Rule::kStates), "too many state lists");
-  const c10::cuda::CUDAGuard guard(params[0].device());
-  const Constraint& k = constraint;  // radii are contiguous (check_constraint)
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  advance_steps(steps, scalars.device.found_inf, stream);
+struct Driver {
+  static constexpr c10::DeviceType kDevice = c10::DeviceType::CUDA;
 
-  WorkingLists work(params, k.ball != Ball::kNone);
-  std::array<size_t, kLists> index{};
-  index[kGrad] = work.add(grads, false);
-  for (size_t j = 0; j < 3; ++j) {
-    index[kState + j] = j < states.size() ? work.add(states[j].first, states[j].second)
-                                          : work.add(TensorList(), false);
-  }
-  index[kCenter] = work.add(k.centers, false);
-  CallLists call;  // pointers taken after the last add(): the lists no longer move
-  for (int j = 0; j < kLists; ++j) call.lists[j] = &work.get(index[j]);
-  call.steps = steps;
-  call.first = std::move(first);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[0].scalar_type(), "optim_step_cuda", [&] {
-    launch_update<scalar_t, Rule>(call, k, args, scalars.device, stream);
-    if (k.ball == Ball::kL2) {
-      l2_project<scalar_t>(*call.lists[kParam], k.has_center() ? call.lists[kCenter] : nullptr,
-                           k.radii, k.lo, k.hi, scalars.device.found_inf, stream);
-    }
-  });
-  work.finish();
-}
+  // Everything after the checks: steps, layouts, update, L2 ball; no host sync.
+  template <typename Rule>
+  static void run(const StepCall<Rule>& call) {
+    static_assert(Rule::kStates <= kMaxStates, "a rule has one to three state slots");
+    const CallScalars scalars = device_scalars(call);
+    const c10::cuda::CUDAGuard guard(call.params[0].device());
+    const Constraint& k = call.constraint;  // radii are contiguous (check_constraint)
+    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+    advance_steps(call.steps, scalars.device.found_inf, stream);
 
-inline void check_on_cuda(TensorList params) {
-  if (!params.empty()) {
-    TORCH_CHECK(params[0].is_cuda(), "params must be on a CUDA device for the CUDA kernel, got ",
-                params[0].device());
+    WorkingLists work(call.params, k.ball != Ball::kNone);
+    std::array<size_t, kLists> index{};
+    index[kGrad] = work.add(call.grads, false);
+    for (int j = 0; j < Rule::kStates; ++j) index[kState + j] = work.add(call.states[j], true);
+    for (int j = Rule::kStates; j < kMaxStates; ++j) index[kState + j] = work.add(TensorList(), false);
+    index[kCenter] = work.add(k.centers, false);
+    CallLists lists;  // pointers taken after the last add(): the lists no longer move
+    for (int j = 0; j < kLists; ++j) lists.lists[j] = &work.get(index[j]);
+    lists.steps = call.steps;
+    lists.first = call.first;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, call.params[0].scalar_type(), Rule::kName, [&] {
+      launch_update<scalar_t, Rule>(lists, k, call.args, scalars.device, stream);
+      if (k.ball == Ball::kL2) {
+        l2_project<scalar_t>(*lists.lists[kParam], k.has_center() ? lists.lists[kCenter] : nullptr,
+                             k.radii, k.lo, k.hi, scalars.device.found_inf, stream);
+      }
+    });
+    work.finish();
   }
-}
+};
 
 }  // namespace cuda_apply
 }  // namespace optim

@@ -21,19 +21,25 @@ namespace optim {
 
 inline int64_t batch_of(const at::Tensor& t) { return t.dim() == 0 ? 1 : t.size(0); }
 
+// The tensors a caller hands over (params, grads, states, steps) are checked with
+// TORCH_CHECK_TYPE / TORCH_CHECK_VALUE (TypeError / ValueError in Python): advx.ops passes
+// them on unchecked. What advx.ops builds itself (lr_tensor, the constraint's arguments,
+// which lists an option needs) is checked with plain TORCH_CHECK (RuntimeError), which
+// torch.ops.advx callers have relied on.
+
 // Every param: a dense-or-strided floating tensor with the dtype and device of params[0].
 inline void check_params(at::TensorList params) {
   for (size_t i = 0; i < params.size(); ++i) {
     const at::Tensor& p = params[i];
-    TORCH_CHECK(p.defined(), "params[", i, "] is undefined");
-    TORCH_CHECK(p.layout() == at::kStrided, "params[", i, "] must be a dense (strided) tensor");
-    TORCH_CHECK(at::isFloatingType(p.scalar_type()), "params[", i,
-                "] must be a floating point tensor, got ", p.scalar_type());
-    TORCH_CHECK(p.device() == params[0].device(), "params[", i, "] is on ", p.device(),
-                " but params[0] is on ", params[0].device(), " (one call per device)");
-    TORCH_CHECK(p.scalar_type() == params[0].scalar_type(), "params[", i, "] has dtype ",
-                p.scalar_type(), " but params[0] has dtype ", params[0].scalar_type(),
-                " (one call per dtype)");
+    TORCH_CHECK_VALUE(p.defined(), "params[", i, "] is undefined");
+    TORCH_CHECK_TYPE(p.layout() == at::kStrided, "params[", i, "] must be a dense (strided) tensor");
+    TORCH_CHECK_TYPE(at::isFloatingType(p.scalar_type()), "params[", i,
+                     "] must be a floating point tensor, got ", p.scalar_type());
+    TORCH_CHECK_VALUE(p.device() == params[0].device(), "params[", i, "] is on ", p.device(),
+                      " but params[0] is on ", params[0].device(), " (one call per device)");
+    TORCH_CHECK_TYPE(p.scalar_type() == params[0].scalar_type(), "params[", i, "] has dtype ",
+                     p.scalar_type(), " but params[0] has dtype ", params[0].scalar_type(),
+                     " (one call per dtype)");
   }
 }
 
@@ -42,38 +48,40 @@ inline void check_params(at::TensorList params) {
 inline void check_list_like(at::TensorList params, at::TensorList list, const char* name,
                             bool may_be_empty = false) {
   if (may_be_empty && list.empty()) return;
-  TORCH_CHECK(list.size() == params.size(), name, " has ", list.size(),
-              " tensors but params has ", params.size());
+  TORCH_CHECK_VALUE(list.size() == params.size(), name, " has ", list.size(),
+                    " tensors but params has ", params.size());
   for (size_t i = 0; i < list.size(); ++i) {
     const at::Tensor& t = list[i];
     const at::Tensor& p = params[i];
-    TORCH_CHECK(t.defined(), name, "[", i, "] is undefined");
-    TORCH_CHECK(t.layout() == at::kStrided, name, "[", i,
-                "] must be a dense (strided) tensor; sparse gradients are not supported");
-    TORCH_CHECK(t.device() == p.device(), name, "[", i, "] is on ", t.device(), " but params[",
-                i, "] is on ", p.device());
-    TORCH_CHECK(t.scalar_type() == p.scalar_type(), name, "[", i, "] has dtype ",
-                t.scalar_type(), " but params[", i, "] has dtype ", p.scalar_type());
-    TORCH_CHECK(t.sizes() == p.sizes(), name, "[", i, "] has shape ", t.sizes(), " but params[",
-                i, "] has shape ", p.sizes());
+    TORCH_CHECK_VALUE(t.defined(), name, "[", i, "] is undefined");
+    TORCH_CHECK_TYPE(t.layout() == at::kStrided, name, "[", i,
+                     "] must be a dense (strided) tensor; sparse gradients are not supported");
+    TORCH_CHECK_VALUE(t.device() == p.device(), name, "[", i, "] is on ", t.device(),
+                      " but params[", i, "] is on ", p.device());
+    TORCH_CHECK_TYPE(t.scalar_type() == p.scalar_type(), name, "[", i, "] has dtype ",
+                     t.scalar_type(), " but params[", i, "] has dtype ", p.scalar_type());
+    TORCH_CHECK_VALUE(t.sizes() == p.sizes(), name, "[", i, "] has shape ", t.sizes(),
+                      " but params[", i, "] has shape ", p.sizes());
   }
 }
 
 // Step counters: one 1-element float32/float64 tensor per param on `device`, all of
-// one dtype (the CUDA kernel reads them through one pointer type).
+// one dtype (the CUDA kernel reads them through one pointer type). A counter whose dtype
+// differs from steps[0]'s is a TypeError; steps[0] itself not float32/float64 stays a
+// RuntimeError, as torch.ops.advx callers have had it.
 inline void check_steps(at::TensorList params, at::TensorList steps, const at::Device& device) {
-  TORCH_CHECK(steps.size() == params.size(), "steps has ", steps.size(),
-              " tensors but params has ", params.size());
+  TORCH_CHECK_VALUE(steps.size() == params.size(), "steps has ", steps.size(),
+                    " tensors but params has ", params.size());
   for (size_t i = 0; i < steps.size(); ++i) {
     const at::Tensor& s = steps[i];
-    TORCH_CHECK(s.defined() && s.numel() == 1, "steps[", i,
-                "] must be a tensor with one element (the step counter)");
+    TORCH_CHECK_VALUE(s.defined() && s.numel() == 1, "steps[", i,
+                      "] must be a tensor with one element (the step counter)");
+    TORCH_CHECK_TYPE(s.scalar_type() == steps[0].scalar_type(), "steps[", i, "] has dtype ",
+                     s.scalar_type(), " but steps[0] has dtype ", steps[0].scalar_type());
     TORCH_CHECK(s.scalar_type() == at::kFloat || s.scalar_type() == at::kDouble, "steps[", i,
                 "] must have dtype float32 or float64, got ", s.scalar_type());
-    TORCH_CHECK(s.scalar_type() == steps[0].scalar_type(), "steps[", i, "] has dtype ",
-                s.scalar_type(), " but steps[0] has dtype ", steps[0].scalar_type());
-    TORCH_CHECK(s.device() == device, "steps[", i, "] is on ", s.device(), " but must be on ",
-                device);
+    TORCH_CHECK_VALUE(s.device() == device, "steps[", i, "] is on ", s.device(),
+                      " but must be on ", device);
   }
 }
 
@@ -203,6 +211,8 @@ class WorkingLists {
 inline void check_optional_list(at::TensorList params, at::TensorList list, bool enabled,
                                 const char* name, const char* when_off) {
   if (enabled) {
+    TORCH_CHECK(!list.empty() || params.empty(), name, " has 0 tensors but params has ",
+                params.size(), ": it is needed unless ", when_off);
     check_list_like(params, list, name);
   } else {
     TORCH_CHECK(list.empty(), name, " must be empty when ", when_off);

@@ -1,17 +1,17 @@
 #pragma once
-// The update rules of advx.optim, per element, shared by the CPU loops (optim_cpu.cpp)
-// and the CUDA kernels (optim_cuda.cu). T is the math type (float for float32/half/
-// bfloat16 storage, double for float64).
+// The update rules of advx.optim, per element, shared by the CPU and CUDA multi-tensor
+// drivers through the rule structs of optim_rules.h. T is the math type (float for
+// float32/half/bfloat16 storage, double for float64). The constraint after the update is
+// common/ball.h's.
 //
 // Each rule follows torch.optim's single-tensor implementation operation by operation
 // (same roundings: lerp's two-branch formula, addcmul as self + (value*t1)*t2, addcdiv
 // as self + (value*t1)/t2), so results agree with torch.optim to rounding, not to
-// "mathematically equivalent" rewrites. Per-tensor scalars (bias corrections, the
-// Adagrad decayed lr) are computed once per tensor in double, like torch does in Python.
+// "mathematically equivalent" rewrites. The per-tensor coefficients (bias corrections,
+// the Adagrad decayed lr) are computed by the rules' coeffs(), in double.
 #include <cmath>
 
 #include "common/macros.h"
-#include "project/project_math.h"
 
 namespace advx {
 namespace optim {
@@ -66,14 +66,6 @@ struct SgdCoeffs {
   bool nesterov;
 };
 
-template <typename T>
-ADVX_HD SgdCoeffs<T> sgd_coeffs(double lr, double momentum, double dampening,
-                                double weight_decay, bool nesterov, bool maximize,
-                                double grad_scale) {
-  return {make_grad_transform<T>(grad_scale, maximize, weight_decay), static_cast<T>(momentum),
-          static_cast<T>(1.0 - dampening), static_cast<T>(-lr), nesterov};
-}
-
 // `first`: the buffer is new and becomes the gradient itself (torch's first step).
 template <typename T, bool kMomentum>
 ADVX_HD void sgd_update(T& p, T g, T& buf, bool first, const SgdCoeffs<T>& c) {
@@ -95,15 +87,6 @@ struct AdagradCoeffs {
 };
 
 template <typename T>
-ADVX_HD AdagradCoeffs<T> adagrad_coeffs(double lr, double lr_decay, double weight_decay,
-                                        double eps, bool maximize, double grad_scale,
-                                        double step) {
-  const double clr = lr / (1.0 + (step - 1.0) * lr_decay);
-  return {make_grad_transform<T>(grad_scale, maximize, weight_decay), static_cast<T>(-clr),
-          static_cast<T>(eps)};
-}
-
-template <typename T>
 ADVX_HD void adagrad_update(T& p, T g, T& sum, const AdagradCoeffs<T>& c) {
   using std::sqrt;
   g = transform_grad(g, p, c.grad);
@@ -122,15 +105,6 @@ struct RmspropCoeffs {
   T momentum;
   T neg_lr;
 };
-
-template <typename T>
-ADVX_HD RmspropCoeffs<T> rmsprop_coeffs(double lr, double alpha, double eps,
-                                        double weight_decay, double momentum, bool maximize,
-                                        double grad_scale) {
-  return {make_grad_transform<T>(grad_scale, maximize, weight_decay), static_cast<T>(alpha),
-          static_cast<T>(1.0 - alpha), static_cast<T>(eps), static_cast<T>(momentum),
-          static_cast<T>(-lr)};
-}
 
 // square_avg tracks E[g^2]; centered also tracks E[g] (grad_avg) and divides by the
 // standard deviation instead of the root mean square.
@@ -170,24 +144,6 @@ struct AdamCoeffs {
   T eps;
 };
 
-template <typename T>
-ADVX_HD AdamCoeffs<T> adam_coeffs(double lr, double beta1, double beta2, double weight_decay,
-                                  double eps, bool maximize, bool decoupled, double grad_scale,
-                                  double step) {
-  using std::pow;
-  using std::sqrt;
-  const double bias_correction1 = 1.0 - pow(beta1, step);
-  const double bias_correction2 = 1.0 - pow(beta2, step);
-  return {make_grad_transform<T>(grad_scale, maximize, decoupled ? 0.0 : weight_decay),
-          static_cast<T>(decoupled ? 1.0 - lr * weight_decay : 1.0),
-          static_cast<T>(1.0 - beta1),
-          static_cast<T>(beta2),
-          static_cast<T>(1.0 - beta2),
-          static_cast<T>(-(lr / bias_correction1)),
-          static_cast<T>(sqrt(bias_correction2)),
-          static_cast<T>(eps)};
-}
-
 // Only one of decay (AdamW) and grad.weight_decay (Adam) is active, so decaying p
 // first leaves the coupled decay reading the old p, as in torch.
 template <typename T, bool kAmsgrad>
@@ -204,21 +160,6 @@ ADVX_HD void adam_update(T& p, T g, T& exp_avg, T& exp_avg_sq, T& max_exp_avg_sq
     second = max_exp_avg_sq;
   }
   p = p + c.neg_step_size * exp_avg / (sqrt(second) / c.bias_correction2_sqrt + c.eps);
-}
-
-// ---------------------------------------------------------------- constraint
-
-// After the update: p = clamp(center + project(p - center), lo, hi) per sample.
-// L-inf and the box are elementwise (a box alone is an L-inf ball of radius +inf
-// around 0); L2 scales p - center by project::l2_scale of its per-sample norm.
-template <typename T>
-ADVX_HD T constrain_linf(T p, T center, T eps, T lo, T hi) {
-  return clamp_value(center + project::linf_project(p - center, eps), lo, hi);
-}
-
-template <typename T>
-ADVX_HD T constrain_l2(T p, T center, T scale, T lo, T hi) {
-  return project::pgd_l2_finish(p - center, center, scale, lo, hi);
 }
 
 }  // namespace optim

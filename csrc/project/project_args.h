@@ -25,6 +25,7 @@ inline int64_t batch_of(const at::Tensor& t) { return t.dim() == 0 ? 1 : t.size(
 
 inline ProjectArgs project_args(const at::Tensor& delta, const at::Tensor& eps, const std::string& norm) {
   check_norm(norm);
+  check_floating(delta, "delta");
   check_budget(eps, "eps", delta);
   at::Tensor d = is_batch_major_dense(delta) ? delta : delta.contiguous();
   const int64_t batch = batch_of(d);
@@ -36,6 +37,7 @@ inline PgdStepArgs pgd_step_args(const at::Tensor& x_adv, const at::Tensor& grad
                                  const at::Tensor& alpha, const std::string& norm, double lo,
                                  double hi) {
   check_norm(norm);
+  check_floating(x_adv, "x_adv");
   check_same_like(x_adv, "x_adv", grad, "grad");
   check_same_like(x_adv, "x_adv", x_orig, "x_orig");
   check_budget(eps, "eps", x_adv);

@@ -1,8 +1,10 @@
-// CPU kernels of project_ and pgd_step_: the loops over project_math.h.
+// CPU kernels of project_ and pgd_step_: the loops over common/ball.h and project_math.h;
+// project_'s L2 ball is the one CPU L2 projection (common/ball_cpu.h).
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <torch/library.h>
 
+#include "common/ball_cpu.h"
 #include "common/checks.h"
 #include "common/cpu_loops.h"
 #include "project/project_args.h"
@@ -16,14 +18,7 @@ using cpu::per_sample_sum;
 
 template <typename scalar_t, typename T>
 ADVX_CPU_CLONES void linf_project_range(scalar_t* d, int64_t n, T eps) {
-  for (int64_t i = 0; i < n; ++i) {
-    d[i] = static_cast<scalar_t>(project::linf_project<T>(static_cast<T>(d[i]), eps));
-  }
-}
-
-template <typename scalar_t, typename T>
-ADVX_CPU_CLONES void scale_range(scalar_t* d, int64_t n, T s) {
-  for (int64_t i = 0; i < n; ++i) d[i] = static_cast<scalar_t>(static_cast<T>(d[i]) * s);
+  for (int64_t i = 0; i < n; ++i) d[i] = static_cast<scalar_t>(linf_clamp<T>(static_cast<T>(d[i]), eps));
 }
 
 template <typename scalar_t, typename T>
@@ -36,34 +31,20 @@ ADVX_CPU_CLONES void pgd_linf_range(scalar_t* x, const scalar_t* g, const scalar
 }
 
 template <typename scalar_t, typename T>
-ADVX_CPU_CLONES double pgd_l2_delta_sumsq(const scalar_t* x, const scalar_t* g,
-                                          const scalar_t* xo, int64_t n, T alpha, T gnorm) {
-  constexpr int kLanes = 8;
-  double acc[kLanes] = {0, 0, 0, 0, 0, 0, 0, 0};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    for (int k = 0; k < kLanes; ++k) {
-      const double d = static_cast<double>(project::pgd_l2_delta<T>(
-          static_cast<T>(x[i + k]), static_cast<T>(g[i + k]), static_cast<T>(xo[i + k]), alpha, gnorm));
-      acc[k] += d * d;
-    }
-  }
-  double tail = 0;
-  for (; i < n; ++i) {
-    const double d = static_cast<double>(project::pgd_l2_delta<T>(
+double pgd_l2_delta_sumsq(const scalar_t* x, const scalar_t* g, const scalar_t* xo, int64_t n,
+                          T alpha, T gnorm) {
+  return cpu::lane_sum_squares(n, [=](int64_t i) {
+    return static_cast<double>(project::pgd_l2_delta<T>(
         static_cast<T>(x[i]), static_cast<T>(g[i]), static_cast<T>(xo[i]), alpha, gnorm));
-    tail += d * d;
-  }
-  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7])) + tail;
+  });
 }
 
 template <typename scalar_t, typename T>
 ADVX_CPU_CLONES void pgd_l2_finish_range(scalar_t* x, const scalar_t* g, const scalar_t* xo,
                                          int64_t n, T alpha, T gnorm, T scale, T lo, T hi) {
   for (int64_t i = 0; i < n; ++i) {
-    const T xi = static_cast<T>(xo[i]);
-    const T d = project::pgd_l2_delta<T>(static_cast<T>(x[i]), static_cast<T>(g[i]), xi, alpha, gnorm);
-    x[i] = static_cast<scalar_t>(project::pgd_l2_finish<T>(d, xi, scale, lo, hi));
+    x[i] = static_cast<scalar_t>(project::pgd_l2_finish<T>(
+        static_cast<T>(x[i]), static_cast<T>(g[i]), static_cast<T>(xo[i]), alpha, gnorm, scale, lo, hi));
   }
 }
 
@@ -81,16 +62,7 @@ void project_cpu(at::Tensor delta, const at::Tensor& eps, std::string norm) {
         linf_project_range<scalar_t, T>(dp + lo, hi - lo, ep[b]);
       });
     } else {
-      const auto sq = per_sample_sum(batch, n, [&](int64_t, int64_t lo, int64_t hi) {
-        return cpu::sum_squares(dp + lo, hi - lo);
-      });
-      std::vector<T> scale(batch);
-      for (int64_t b = 0; b < batch; ++b) {
-        scale[b] = project::l2_scale<T>(static_cast<T>(std::sqrt(sq[b])), ep[b]);
-      }
-      for_each_sample_piece(batch, n, [&](int64_t b, int64_t lo, int64_t hi) {
-        if (scale[b] != T(1)) scale_range<scalar_t, T>(dp + lo, hi - lo, scale[b]);
-      });
+      cpu::l2_project<scalar_t>(dp, nullptr, ep, batch, n, -INFINITY, INFINITY);
     }
   });
   project::write_back(delta, d);
@@ -122,16 +94,12 @@ void pgd_step_cpu(at::Tensor x_adv, const at::Tensor& grad, const at::Tensor& x_
       return cpu::sum_squares(gp + s, t - s);
     });
     std::vector<T> gnorm(batch);
-    for (int64_t b = 0; b < batch; ++b) {
-      gnorm[b] = static_cast<T>(std::sqrt(gsq[b])) + static_cast<T>(project::kGradNormTiny);
-    }
+    for (int64_t b = 0; b < batch; ++b) gnorm[b] = project::pgd_l2_gnorm<T>(gsq[b]);
     const auto dsq = per_sample_sum(batch, n, [&](int64_t b, int64_t s, int64_t t) {
       return pgd_l2_delta_sumsq<scalar_t, T>(xp + s, gp + s, op + s, t - s, ap[b], gnorm[b]);
     });
     std::vector<T> scale(batch);
-    for (int64_t b = 0; b < batch; ++b) {
-      scale[b] = project::l2_scale<T>(static_cast<T>(std::sqrt(dsq[b])), ep[b]);
-    }
+    for (int64_t b = 0; b < batch; ++b) scale[b] = l2_scale_of_sumsq<T>(dsq[b], ep[b]);
     for_each_sample_piece(batch, n, [&](int64_t b, int64_t s, int64_t t) {
       pgd_l2_finish_range<scalar_t, T>(xp + s, gp + s, op + s, t - s, ap[b], gnorm[b], scale[b], tlo, thi);
     });

@@ -1,4 +1,4 @@
-// CUDA kernels of project_ and pgd_step_: the same project_math.h rules as the CPU
+// CUDA kernels of project_ and pgd_step_: the same ball.h / project_math.h rules as the CPU
 // loops, with 16-byte vector loads and deterministic per-sample L2 norms: squares are
 // summed in double over fixed chunks of each sample (the layout depends only on the
 // sample size and dtype, never on the launch or the alignment), the chunk sums of a
@@ -11,6 +11,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include "common/ball.h"
 #include "common/checks.h"
 #include "common/cuda_utils.cuh"
 #include "project/project_args.h"
@@ -50,15 +51,14 @@ struct PgdL2Finish {
   const T* scale;
   T lo, hi;
   __device__ T operator()(int64_t b, T x, T g, T xo) const {
-    return project::pgd_l2_finish<T>(project::pgd_l2_delta<T>(x, g, xo, alpha[b], gnorm[b]), xo,
-                                     scale[b], lo, hi);
+    return project::pgd_l2_finish<T>(x, g, xo, alpha[b], gnorm[b], scale[b], lo, hi);
   }
 };
 
 template <typename T>
 struct LinfProject {
   const T* eps;
-  __device__ T operator()(int64_t b, T d, T, T) const { return project::linf_project<T>(d, eps[b]); }
+  __device__ T operator()(int64_t b, T d, T, T) const { return linf_clamp<T>(d, eps[b]); }
 };
 
 template <typename T>
@@ -79,7 +79,7 @@ template <typename T>
 struct GradNormOut {
   T* out;
   __device__ void operator()(int64_t b, double sq) const {
-    out[b] = static_cast<T>(sqrt(sq)) + static_cast<T>(project::kGradNormTiny);
+    out[b] = project::pgd_l2_gnorm<T>(sq);
   }
 };
 
@@ -89,7 +89,7 @@ struct L2ScaleOut {
   const T* eps;
   T* out;
   __device__ void operator()(int64_t b, double sq) const {
-    out[b] = project::l2_scale<T>(static_cast<T>(sqrt(sq)), eps[b]);
+    out[b] = l2_scale_of_sumsq<T>(sq, eps[b]);
   }
 };
 
