@@ -7,13 +7,14 @@ Writes <out>/<device-name>-<date>.json (raw rows) and .md (tables)."""
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_edge  # noqa: E402
+import bench_optim  # noqa: E402
 from common import compare, copy_gbps, run_meta, write_results  # noqa: E402
 
 from advx import ops, reference  # noqa: E402
@@ -57,15 +58,6 @@ def pgd_cases(device: str, quick: bool) -> list[dict]:
     return rows
 
 
-def optional_cases(module: str, device: str, quick: bool) -> list[dict]:
-    """Benchmarks of other op families, when their module exists."""
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError:
-        return []
-    return mod.run(device=device, quick=quick)
-
-
 def markdown(rows: list[dict], meta: dict) -> str:
     lines = [f"# advx benchmark: {meta['device_name']}", "",
              f"torch {meta['torch']}, advx {meta['advx']}, {meta['date']}; medians of repeated runs, "
@@ -93,9 +85,9 @@ def main(argv=None) -> int:
     if "pgd" in groups:
         rows += pgd_cases(args.device, args.quick)
     if "edge" in groups:
-        rows += optional_cases("bench_edge", args.device, args.quick)
+        rows += bench_edge.run(device=args.device, quick=args.quick)
     if "optim" in groups:
-        rows += optional_cases("bench_optim", args.device, args.quick)
+        rows += bench_optim.run(device=args.device, quick=args.quick)
     meta = run_meta(args.device)
     text = markdown(rows, meta)
     print(text)

@@ -1,41 +1,16 @@
-"""Timing helpers shared by the benchmark scripts: medians over repeats, a same-run
-copy of the same bytes as the bandwidth yardstick, and result rows."""
+"""What the benchmark scripts share: medians over repeats (advx.bench.median_seconds), a
+same-run copy of the same bytes as the bandwidth yardstick, result rows and files."""
 from __future__ import annotations
 
 import datetime
 import json
 import platform
-import statistics
-import time
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-
-def sync(device) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def median_seconds(fn: Callable[[], object], device="cpu", *, warmup: int = 3, reps: int = 25,
-                   min_total: float = 0.25, max_reps: int = 1000) -> float:
-    """Median wall time of fn() after warm-up; repeats at least `reps` times and until
-    `min_total` seconds have been spent (so tiny ops are not timed from a handful of runs)."""
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    times = []
-    spent = 0.0
-    while len(times) < reps or (spent < min_total and len(times) < max_reps):
-        sync(device)
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        dt = time.perf_counter() - t0
-        times.append(dt)
-        spent += dt
-    return statistics.median(times)
+from advx.bench import median_seconds  # the timing rule of `advx bench` and the demo, too
 
 
 def copy_gbps(nbytes: int, device="cpu") -> float:

@@ -632,3 +632,17 @@ def test_cuda_graph_capture_replays_like_eager(name, device):
         opt_eager.step()
     torch.cuda.synchronize()
     assert_same_state(opt_static, opt_eager, static, eager)
+
+
+def test_adagrad_accepts_fused_on_every_device(device):
+    # torch 2.11's own Adagrad refuses fused=True on CUDA; advx's step is fused everywhere.
+    p = torch.randn(5, 7, device=device)
+    a, b = p.clone().requires_grad_(), p.clone().requires_grad_()
+    fused = advx.optim.Adagrad([a], lr=0.1, fused=True)
+    reference = torch.optim.Adagrad([b], lr=0.1, foreach=False)
+    for _ in range(5):
+        g = torch.randn_like(p)
+        a.grad, b.grad = g.clone(), g.clone()
+        fused.step()
+        reference.step()
+    torch.testing.assert_close(a, b)

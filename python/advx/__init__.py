@@ -9,7 +9,7 @@ import torch  # noqa: F401  (loads libtorch before our extension, which has no R
 from . import _C  # noqa: F401  (registers torch.ops.advx.*)
 from . import ops, reference
 from . import optim
-from .constraints import Box, LpBall
+from .ops.constraints import Box, LpBall
 from .prior import EdgeEnergy
 from . import attacks, eval, nn  # noqa: A004  (advx.eval, advx.nn are submodules)
 from . import viz

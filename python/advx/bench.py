@@ -1,6 +1,6 @@
-"""A quick same-run timing of the fused ops (advx.ops) against their plain-PyTorch
-references (advx.reference) on this machine: what `advx bench` falls back to when
-the repository's benchmarks/ scripts are not around, and what the demo reports."""
+"""Timing on this machine: the median-of-repeats helper that benchmarks/ uses too, and a
+quick same-run timing of the fused ops (advx.ops) against their plain-PyTorch references
+(advx.reference): what `advx bench --builtin` and the demo report."""
 from __future__ import annotations
 
 import statistics
@@ -9,53 +9,57 @@ from typing import Callable
 
 import torch
 
-import advx
+from . import ops, optim, reference
+from .ops.constraints import LpBall
 
-__all__ = ["median_seconds", "quick_timing", "format_table"]
+__all__ = ["sync", "median_seconds", "quick_timing", "format_table"]
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
+def sync(device) -> None:
+    """Wait for the device's queued work (a no-op on the CPU)."""
+    if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def median_seconds(fn: Callable[[], object], device="cpu", *, warmup: int = 2, reps: int = 10,
-                   min_total: float = 0.1, max_reps: int = 500) -> float:
-    """Median wall time of fn() after warm-up, over at least ``reps`` runs and
-    ``min_total`` seconds (the rule of benchmarks/common.py, with smaller defaults)."""
-    device = torch.device(device)
+def median_seconds(fn: Callable[[], object], device="cpu", *, warmup: int = 3, reps: int = 25,
+                   min_total: float = 0.25, max_reps: int = 1000) -> float:
+    """Median wall time of fn() after ``warmup`` calls; repeats at least ``reps`` times and
+    until ``min_total`` seconds have been spent (so tiny ops are not timed from a handful
+    of runs), at most ``max_reps`` times."""
     for _ in range(warmup):
         fn()
+    sync(device)
     times: list[float] = []
-    while len(times) < reps or (sum(times) < min_total and len(times) < max_reps):
-        _sync(device)
+    spent = 0.0
+    while len(times) < reps or (spent < min_total and len(times) < max_reps):
+        sync(device)
         t0 = time.perf_counter()
         fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
+        sync(device)
+        dt = time.perf_counter() - t0
+        times.append(dt)
+        spent += dt
     return statistics.median(times)
 
 
 def _cases(x: torch.Tensor) -> dict[str, tuple[Callable, Callable]]:
     """name -> (fused, reference) zero-argument callables on fresh random inputs."""
-    ops, ref = advx.ops, advx.reference
     grad, orig = torch.randn_like(x), x.clone()
     delta = (torch.rand_like(x) - 0.5) * 0.2
     cases = {}
     for norm, eps in (("linf", 8 / 255), ("l2", 0.5)):
         cases[f"project_ {norm}"] = (lambda n=norm, e=eps: ops.project_(delta, e, n),
-                                     lambda n=norm, e=eps: ref.project_(delta, e, n))
+                                     lambda n=norm, e=eps: reference.project_(delta, e, n))
         cases[f"pgd_step_ {norm}"] = (lambda n=norm, e=eps: ops.pgd_step_(x, grad, orig, e, e / 4, n),
-                                      lambda n=norm, e=eps: ref.pgd_step_(x, grad, orig, e, e / 4, n))
-    cases["edge_energy"] = (lambda: ops.edge_energy(x), lambda: ref.edge_energy(x))
+                                      lambda n=norm, e=eps: reference.pgd_step_(x, grad, orig, e, e / 4, n))
+    cases["edge_energy"] = (lambda: ops.edge_energy(x), lambda: reference.edge_energy(x))
     xg = x.clone().requires_grad_()
 
     def fwd_bwd(fn):
         return lambda: torch.autograd.grad(fn(xg).sum(), [xg])
 
-    cases["edge_energy fwd+bwd"] = (fwd_bwd(ops.edge_energy), fwd_bwd(ref.edge_energy))
-    if hasattr(advx, "optim"):
-        cases["Adam step + L2 ball"] = _constrained_adam(x, grad)
+    cases["edge_energy fwd+bwd"] = (fwd_bwd(ops.edge_energy), fwd_bwd(reference.edge_energy))
+    cases["Adam step + L2 ball"] = _constrained_adam(x, grad)
     return cases
 
 
@@ -65,15 +69,14 @@ def _constrained_adam(x: torch.Tensor, grad: torch.Tensor) -> tuple[Callable, Ca
     center, eps = x.clone(), 0.5
     fused_param, plain_param = x.clone(), x.clone()
     fused_param.grad, plain_param.grad = grad, grad
-    fused = advx.optim.Adam([fused_param], lr=1e-3,
-                            constraint=advx.LpBall(center, eps, "l2", bounds=(0.0, 1.0)))
+    fused = optim.Adam([fused_param], lr=1e-3, constraint=LpBall(center, eps, "l2", bounds=(0.0, 1.0)))
     plain = torch.optim.Adam([plain_param], lr=1e-3)
 
     def unfused():
         plain.step()
         with torch.no_grad():
             delta = plain_param - center
-            advx.reference.project_(delta, eps, "l2")
+            reference.project_(delta, eps, "l2")
             plain_param.copy_((center + delta).clamp_(0.0, 1.0))
 
     return fused.step, unfused
@@ -87,7 +90,7 @@ def quick_timing(device="cpu", *, shape=(128, 3, 32, 32), quick: bool = False) -
     device = torch.device(device)
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(shape, generator=gen).to(device)
-    timing = dict(reps=5, min_total=0.03) if quick else {}
+    timing = dict(warmup=2, reps=5, min_total=0.03) if quick else dict(warmup=2, reps=10, min_total=0.1)
     rows = []
     for name, (fused, reference) in _cases(x).items():
         t_fused = median_seconds(fused, device, **timing)

@@ -110,8 +110,10 @@ def _load_data(args, model, device):
 
 
 def _add_attack_args(p: argparse.ArgumentParser, *, several_eps: bool):
+    from ._validate import NORMS
+
     g = p.add_argument_group("attack")
-    g.add_argument("--norm", choices=["linf", "l2"], default="linf")
+    g.add_argument("--norm", choices=NORMS, default="linf")
     g.add_argument("--eps", type=float, nargs="+" if several_eps else None,
                    help="budget in pixel space [0, 1] (default 8/255 for linf, 0.5 for l2)"
                         + ("; several values give one row each" if several_eps else ""))
@@ -327,6 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="advx", description="Fast adversarial attacks, robustness evaluation and feature visualization.",
         epilog="Run 'advx <command> --help' for the options of a command.")
     from . import __version__
+    from .attacks import OPTIMIZERS
 
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="command", required=True)
@@ -348,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     g = _add_attack_args(p, several_eps=False)
     g.add_argument("--attack", choices=["pgd", "fgsm"], default="pgd")
-    g.add_argument("--optimizer", default="sign", choices=["sign", "sgd", "momentum", "adagrad", "rmsprop", "adam"],
+    g.add_argument("--optimizer", default="sign", choices=OPTIMIZERS,
                    help="PGD update: sign/normalized-gradient step (default) or an advx.optim optimizer")
     g.add_argument("--lr", type=float, help="learning rate of --optimizer (default alpha)")
     g.add_argument("--target-class", type=int, help="targeted attack towards this class")

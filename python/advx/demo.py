@@ -1,7 +1,7 @@
 """`advx demo`: the whole library on scikit-learn's digits in well under three minutes
 on two CPU cores. Trains (or loads) a small CNN, measures clean and robust accuracy,
-compares optimizers on a targeted attack (seed 004), sets random perturbations beside
-the adversarial radius (seed 003), renders class visualizations with and without the
+compares optimizers on a targeted attack, sets random perturbations beside the
+adversarial radius, renders class visualizations with and without the multiscale
 edge-energy prior, times the fused ops against their references, and writes
 report.md, results.json and PNG figures into the output directory."""
 from __future__ import annotations
@@ -89,8 +89,8 @@ def _robustness(model, images, labels, cfg: DemoConfig, device):
 
 
 def _optimizer_comparison(model, images, labels, cfg: DemoConfig):
-    """Seed 004: the same targeted attack with SGD, RMSprop and Adam on the
-    perturbation, same learning rate, inside the same L2 ball."""
+    """The optimizer comparison: the same targeted attack with SGD, RMSprop and Adam on
+    the perturbation, same learning rate, inside the same L2 ball."""
     x, y = images[:cfg.optim_images], labels[:cfg.optim_images]
     target = (y + 1) % 10
     # a learning rate small enough that the three differ visibly on this model
@@ -111,8 +111,9 @@ def _optimizer_comparison(model, images, labels, cfg: DemoConfig):
 
 
 def _random_sphere(model, images, labels, cfg: DemoConfig):
-    """Seed 003: gradient ascent on the loss until the label flips gives each image an
-    adversarial radius r; random points at distance r and 2r rarely change the label."""
+    """The random-sphere check: gradient ascent on the loss until the label flips gives
+    each image an adversarial radius r; random points at distance r and 2r rarely change
+    the label."""
     x, y = images[:cfg.sphere_images], labels[:cfg.sphere_images]
     # small steps: the first iterate past the boundary then measures the radius tightly
     res = attacks.GradientAscent(model, lr=0.1, steps=cfg.ascent_steps).run(x, y)
@@ -172,7 +173,7 @@ def _report(results: dict, out: Path) -> str:
               for a in r["attacks"]]
     lines += ["", "![adversarial examples](adversarial_pgd.png)", ""]
     oc = r["optimizers"]
-    lines += ["## Optimizers on a targeted attack (seed 004)", ""]
+    lines += ["## Optimizers on a targeted attack", ""]
     lines += [
         f"Target class y+1 for {oc['n_images']} test images, cross-entropy to the target minimized "
         f"over the perturbation inside an L2 ball of radius {oc['eps']}, lr {oc['lr']} for every "
@@ -185,7 +186,7 @@ def _report(results: dict, out: Path) -> str:
                      f"{o['mean_l2']:.3f} | {med} |")
     lines += ["", "![loss curves](loss_curves.png)", ""]
     rs = r["random_sphere"]
-    lines += ["## Random perturbations vs the adversarial radius (seed 003)", ""]
+    lines += ["## Random perturbations vs the adversarial radius", ""]
     if "adversarial_l2_radius_mean" in rs:
         lines += [
             f"Unconstrained gradient ascent on the loss flipped the label of "
@@ -194,8 +195,9 @@ def _report(results: dict, out: Path) -> str:
             f"{rs['adversarial_l2_radius_mean']:.3f}. Of {rs['n_points']} random points per image on the "
             f"sphere of radius r, {100 * rs['changed_at_1x_radius']:.2f}% change the label; at radius 2r, "
             f"{100 * rs['changed_at_2x_radius']:.2f}% ({rs['images_with_any_change_at_2x']} images with any change). "
-            "The seed found no change at 2r on ImageNet images; with 64 pixels instead of 150,000, a "
-            "random direction is far more likely to point somewhere adversarial.",
+            "On ImageNet-sized images, 1,000 random points at 2r are reported to change no label; with "
+            "64 pixels instead of 150,000, a random direction is far more likely to point somewhere "
+            "adversarial.",
             "", "![gradient ascent examples](adversarial_ascent.png)", ""]
     else:
         lines += ["Gradient ascent flipped no label, so there is no radius to compare with.", ""]

@@ -9,8 +9,8 @@ from numbers import Integral, Real
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from .attacks.base import Attack, eval_mode
-from .attacks.pgd import generator
+from ._runtime import default_device, eval_mode, generator
+from .attacks import Attack
 
 __all__ = ["RobustnessReport", "robust_accuracy", "random_sphere"]
 
@@ -76,13 +76,6 @@ def _budgets(atk: Attack) -> list:
     return [atk.eps]
 
 
-def _default_device(model):
-    if isinstance(model, torch.nn.Module):
-        for p in model.parameters():
-            return p.device
-    return torch.device("cpu")
-
-
 def _check_batch_size(batch_size) -> int:
     if isinstance(batch_size, bool) or not isinstance(batch_size, Integral) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
@@ -123,7 +116,7 @@ def robust_accuracy(model, data, attacks, *, batch_size: int = 256, device=None,
     batch_size = _check_batch_size(batch_size)
     named = _named(attacks)
     loader = _loader(data, batch_size)
-    device = torch.device(device) if device is not None else _default_device(model)
+    device = torch.device(device) if device is not None else default_device(model)
     budgets = [_budgets(atk) for _, atk in named]
     robust = [[0] * len(b) for b in budgets]
     n_seen = n_clean = 0

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from .base import Attack, AttackResult, check_budget, check_steps, clamp_box, per_sample, sample_norms
-from ..constraints import Box
+from .. import _validate
+from ..ops.constraints import Box
+from .base import Attack, AttackResult, clamp_box, per_sample, sample_norms
 from .pgd import OPTIMIZERS, check_optimizer, make_optimizer
 
 __all__ = ["GradientAscent", "BoxConstrained"]
@@ -13,7 +14,8 @@ __all__ = ["GradientAscent", "BoxConstrained"]
 
 class GradientAscent(Attack):
     """``x <- x + lr * grad_x loss(f(x), y)`` for ``steps`` steps, no budget
-    (``bounds=None``: not even the pixel box, as in the lecture's experiment).
+    (``bounds=None``: not even the pixel box, which measures how far the
+    nearest adversarial point is).
 
     ``early_stop`` (default) freezes each sample as soon as its label has flipped,
     so the result is the first adversarial iterate; ``norm`` reports its L2 distance.
@@ -25,8 +27,8 @@ class GradientAscent(Attack):
     def __init__(self, model, lr, steps: int, *, early_stop: bool = True, targeted: bool = False,
                  bounds=None):
         super().__init__(model, targeted=targeted, bounds=bounds)
-        self.lr = check_budget(lr, "lr")
-        self.steps = check_steps(steps)
+        self.lr = _validate.budget(lr, "lr")
+        self.steps = _validate.steps(steps)
         self.early_stop = bool(early_stop)
 
     def _attack(self, images, labels, record_loss, report=True) -> AttackResult:
@@ -55,10 +57,10 @@ class BoxConstrained(Attack):
     def __init__(self, model, c, steps: int, *, optimizer: str = "adam", lr: float = 0.01,
                  targeted: bool = True, early_stop: bool = False, bounds=(0.0, 1.0)):
         super().__init__(model, targeted=targeted, bounds=bounds)
-        self.c = check_budget(c, "c")
-        self.steps = check_steps(steps)
+        self.c = _validate.budget(c, "c")
+        self.steps = _validate.steps(steps)
         self.optimizer = check_optimizer(optimizer, OPTIMIZERS[1:])
-        self.lr = check_budget(lr, "lr")
+        self.lr = _validate.budget(lr, "lr")
         if isinstance(self.lr, torch.Tensor):
             raise TypeError("lr must be a float (the optimizers take one learning rate)")
         self.early_stop = bool(early_stop)

@@ -1,4 +1,4 @@
-"""The one attack loop every attack runs, its result, and the argument checks.
+"""The one attack loop every attack runs, and its result.
 
 An attack is an *objective* to ascend per sample (cross-entropy of the true label,
 or minus that of a target label) plus an *update* of the adversarial input from
@@ -8,17 +8,16 @@ model in the train/eval state it was given.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 from dataclasses import dataclass, field
-from numbers import Integral, Real
-from typing import Callable, Optional
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-from ..ops._checks import bounds_pair
+from .. import _validate
+from .._runtime import eval_mode
 
 __all__ = ["Attack", "AttackResult"]
 
@@ -46,58 +45,9 @@ class AttackResult:
         return float(self.success.float().mean()) if self.success.numel() else float("nan")
 
 
-@contextlib.contextmanager
-def eval_mode(model):
-    """Run ``model`` in eval mode (deterministic dropout, frozen batch-norm
-    statistics), then restore every submodule's own flag, mixed states included."""
-    modules = list(model.modules()) if isinstance(model, torch.nn.Module) else []
-    flags = [m.training for m in modules]
-    try:
-        for m in modules:
-            m.training = False
-        yield
-    finally:
-        for m, flag in zip(modules, flags):
-            m.training = flag
-
-
 def check_model(model) -> None:
     if not callable(model):
         raise TypeError(f"model must be callable (an nn.Module), got {type(model).__name__}")
-
-
-def check_budget(value, name: str, *, allow_none: bool = False):
-    """A positive finite float or a 0-/1-D tensor of them; returned unchanged
-    (the batch size is checked at run time)."""
-    if value is None and allow_none:
-        return None
-    if isinstance(value, torch.Tensor):
-        if value.dim() > 1:
-            raise ValueError(f"{name} must be a float or a 1-D tensor (one per sample), got shape {tuple(value.shape)}")
-        if value.is_complex() or value.dtype == torch.bool:
-            raise TypeError(f"{name} must be a real tensor, got dtype {value.dtype}")
-        if value.numel() == 0 or not bool(((value > 0) & torch.isfinite(value)).all()):
-            raise ValueError(f"{name} must be positive and finite, got {value.tolist()}")
-        return value.detach()
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise TypeError(f"{name} must be a float or a tensor, got {type(value).__name__}")
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be positive and finite, got {value}")
-    return float(value)
-
-
-def check_steps(steps) -> int:
-    if isinstance(steps, bool) or not isinstance(steps, Integral):
-        raise TypeError(f"steps must be an int, got {type(steps).__name__}")
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    return int(steps)
-
-
-def check_seed(seed) -> Optional[int]:
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, Integral)):
-        raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
-    return seed
 
 
 def per_sample(value, x: torch.Tensor):
@@ -115,7 +65,10 @@ def sample_norms(delta: torch.Tensor, norm: str) -> torch.Tensor:
 
 
 def clamp_box(x: torch.Tensor, bounds) -> torch.Tensor:
-    lo, hi = bounds_pair(bounds)
+    """Clamp x in place to ``bounds``, an attack's checked (lo, hi) or None."""
+    if bounds is None:
+        return x
+    lo, hi = bounds
     if math.isinf(lo) and math.isinf(hi):
         return x
     return x.clamp_(min=None if math.isinf(lo) else lo, max=None if math.isinf(hi) else hi)
@@ -139,7 +92,7 @@ class Attack:
         if not isinstance(targeted, bool):
             raise TypeError(f"targeted must be a bool, got {type(targeted).__name__}")
         if bounds is not None:
-            bounds = bounds_pair(bounds)
+            bounds = _validate.bounds(bounds)
         self.model = model
         self.targeted = targeted
         self.bounds = bounds
@@ -156,7 +109,7 @@ class Attack:
         if self.eps is None:
             raise TypeError(f"{self.name} has no eps budget")
         other = copy.copy(self)
-        other.eps = check_budget(eps, "eps")
+        other.eps = _validate.budget(eps, "eps")
         return other
 
     def run(self, images: torch.Tensor, labels: torch.Tensor, *, record_loss: bool = False) -> AttackResult:

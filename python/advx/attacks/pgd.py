@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import torch
 
-from .. import ops
-from .. import optim as fused_optim
-from ..constraints import LpBall
-from ..ops._checks import check_norm
-from .base import Attack, AttackResult, check_budget, check_seed, check_steps, clamp_box, per_sample, sample_norms
+from .. import _validate, ops, optim
+from .._runtime import generator
+from ..ops.constraints import LpBall
+from .base import Attack, AttackResult, clamp_box, per_sample, sample_norms
 
 __all__ = ["PGD", "FGSM", "OPTIMIZERS"]
 
@@ -22,7 +21,6 @@ OPTIMIZERS = ("sign", "sgd", "momentum", "adagrad", "rmsprop", "adam")
 
 def make_optimizer(optimizer: str, params, lr: float, *, maximize: bool, constraint=None):
     """An advx.optim optimizer over ``params`` with default hyper-parameters."""
-    optim = fused_optim
     kwargs = dict(lr=lr, maximize=maximize, constraint=constraint)
     if optimizer == "sgd":
         return optim.SGD(params, **kwargs)
@@ -43,12 +41,6 @@ def check_optimizer(optimizer, allowed=OPTIMIZERS) -> str:
     return optimizer
 
 
-def generator(seed, device):
-    if seed is None:
-        return None  # the global RNG, as torch.manual_seed left it
-    return torch.Generator(device=device).manual_seed(seed)
-
-
 class PGD(Attack):
     """Projected gradient ascent on the cross-entropy inside an ``eps`` ball.
 
@@ -65,20 +57,20 @@ class PGD(Attack):
                  random_start: bool = True, targeted: bool = False, optimizer: str = "sign",
                  lr=None, early_stop: bool = False, bounds=(0.0, 1.0), seed=None):
         super().__init__(model, targeted=targeted, bounds=bounds)
-        self.eps = check_budget(eps, "eps")
-        self.alpha = check_budget(alpha, "alpha", allow_none=True)
-        self.steps = check_steps(steps)
-        self.norm = check_norm(norm)
+        self.eps = _validate.budget(eps, "eps")
+        self.alpha = _validate.budget(alpha, "alpha", allow_none=True)
+        self.steps = _validate.steps(steps)
+        self.norm = _validate.norm(norm)
         self.random_start = bool(random_start)
         self.optimizer = check_optimizer(optimizer)
-        self.lr = check_budget(lr, "lr", allow_none=True)
+        self.lr = _validate.budget(lr, "lr", allow_none=True)
         if isinstance(self.lr, torch.Tensor):
             raise TypeError("lr must be a float (the optimizers take one learning rate), got a tensor")
         if self.lr is not None and self.optimizer == "sign":
             raise ValueError("lr is the learning rate of optimizer='sgd'|'momentum'|'adagrad'|'rmsprop'|'adam'; "
                              "the step of optimizer='sign' is alpha")
         self.early_stop = bool(early_stop)
-        self.seed = check_seed(seed)
+        self.seed = _validate.seed(seed)
 
     def _alpha(self, eps):
         return self.alpha if self.alpha is not None else 2.5 * eps / self.steps
@@ -113,10 +105,12 @@ class PGD(Attack):
         eps = self.eps.to(images.device) if isinstance(self.eps, torch.Tensor) else self.eps
         x_adv = self._start(images, eps).requires_grad_(True)
         if self.optimizer == "sign":
-            alpha = self._alpha(eps)
+            # the budgets as the kernel reads them, made once, not at every step
+            eps_b = _validate.budget_tensor(eps, "eps", images)
+            alpha_b = _validate.budget_tensor(self._alpha(eps), "alpha", images)
 
             def update(x, grad):
-                ops.pgd_step_(x, grad, images, eps, alpha, self.norm, self.bounds)
+                ops.pgd_step_(x, grad, images, eps_b, alpha_b, self.norm, self.bounds)
 
             mean_grad = True
         else:

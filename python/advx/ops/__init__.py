@@ -1,4 +1,5 @@
-"""Fused operators (torch.ops.advx.*) behind Python signatures that match advx.reference."""
+"""Fused operators (torch.ops.advx.*) behind Python signatures that match advx.reference,
+and the constraint types their optimizer steps take (advx.ops.constraints: LpBall, Box)."""
 from .edge_energy import edge_energy
 from .optim import adagrad_step_, adam_step_, rmsprop_step_, sgd_step_
 from .project import pgd_step_, project_

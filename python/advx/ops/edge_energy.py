@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import check_tensor
+from .. import _validate
 
 __all__ = ["edge_energy"]
 
@@ -16,7 +16,10 @@ def edge_energy(x: torch.Tensor) -> torch.Tensor:
     average-pooled by 2 (``padding=1``). Returns ``[B]`` (channels summed), in x's dtype.
     Differentiable (to any order) through fused kernels.
     """
-    check_tensor(x, "x")
+    # the kernels check the same and raise RuntimeError (torch.ops.advx callers rely on
+    # it); advx.ops names the wrong type and shape with TypeError and ValueError
+    if not _validate.tensor(x, "x").is_floating_point():
+        raise TypeError(f"x must be a floating point tensor, got dtype {x.dtype}")
     if x.dim() != 4:
         raise ValueError(f"x must have shape [B, C, H, W], got shape {tuple(x.shape)}")
     return torch.ops.advx.edge_energy.default(x)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import budget, bounds_pair, check_batched, check_like, check_norm, check_tensor
+from .. import _validate
 
 __all__ = ["project_", "pgd_step_"]
 
@@ -14,12 +14,11 @@ def project_(delta: torch.Tensor, eps, norm: str = "linf") -> torch.Tensor:
     ``linf``: ``clamp(delta, -eps, eps)``; ``l2``: ``delta *= min(1, eps / ||delta||_2)``.
     ``eps`` is a float or a ``[B]`` tensor (one radius per sample). Returns ``delta``.
     """
-    check_tensor(delta, "delta")
-    check_batched(delta, "delta")
-    norm = check_norm(norm)
-    eps_t = budget(eps, "eps", delta)
+    norm = _validate.norm(norm)
+    _validate.batched(delta, "delta")
+    eps = _validate.budget_tensor(eps, "eps", delta)
     with torch.no_grad():
-        torch.ops.advx.project_.default(delta, eps_t, norm)
+        torch.ops.advx.project_.default(delta, eps, norm)
     return delta
 
 
@@ -39,16 +38,17 @@ def pgd_step_(
     into the ``eps`` ball and the result clamped to ``bounds``. ``eps`` and ``alpha``
     are floats or ``[B]`` tensors; ``bounds=None`` disables the box. Returns ``x_adv``.
     """
-    check_tensor(x_adv, "x_adv")
-    check_batched(x_adv, "x_adv")
-    check_like(x_adv, "x_adv", grad, "grad")
-    check_like(x_adv, "x_adv", x_orig, "x_orig")
-    norm = check_norm(norm)
-    lo, hi = bounds_pair(bounds)
-    eps_t = budget(eps, "eps", x_adv)
-    alpha_t = budget(alpha, "alpha", x_adv)
+    norm = _validate.norm(norm)
+    lo, hi = _validate.bounds(bounds)
+    _validate.batched(x_adv, "x_adv")
+    # shapes are compared here because the kernel's own shape check raises RuntimeError
+    # (torch.ops.advx callers rely on it); devices and dtypes are the kernel's to check
+    _validate.same_shape(x_adv, "x_adv", grad, "grad")
+    _validate.same_shape(x_adv, "x_adv", x_orig, "x_orig")
+    eps = _validate.budget_tensor(eps, "eps", x_adv)
+    alpha = _validate.budget_tensor(alpha, "alpha", x_adv)
     with torch.no_grad():
-        torch.ops.advx.pgd_step_.default(x_adv, grad, x_orig, eps_t, alpha_t, norm, lo, hi)
+        torch.ops.advx.pgd_step_.default(x_adv, grad, x_orig, eps, alpha, norm, lo, hi)
     return x_adv
 
 

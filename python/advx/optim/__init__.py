@@ -11,7 +11,7 @@ inside the same kernel: projected gradient descent with any of these optimizers.
 With GradScaler the kernel divides the gradients by the scale as it reads them and
 leaves ``.grad`` as it was (torch's fused optimizers unscale ``.grad`` in place).
 
-The course notes write some rules differently; the mapping to these classes:
+Some textbooks write these rules differently; the mapping to these classes:
 
 - EMA momentum ``v = g*v + (1-g)*grad; x -= eta*v`` is ``SGD(lr=eta, momentum=g,
   dampening=g)`` (torch's first step sets v = grad instead of (1-g)*grad).

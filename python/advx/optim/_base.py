@@ -1,12 +1,11 @@
 """What advx.optim adds to a torch.optim class: `constraint=` and the fused step plumbing
-(grouping by device and dtype, step counters on the device, GradScaler attributes)."""
+(grouping by device and dtype, step counters on the device, GradScaler attributes); the
+step itself is one advx.ops.*_step_ call per bucket."""
 from __future__ import annotations
-
-import math
 
 import torch
 
-from ..constraints import Constraint
+from ..ops.constraints import Constraint
 
 
 class FusedOptimizerMixin:
@@ -78,9 +77,10 @@ class FusedOptimizerMixin:
     def _buckets(self, group: dict, tensor_lists: list, steps_at: int | None = None):
         """Splits the lists _init_group collected (params first) by the params' (device,
         dtype), as torch does, and yields (lists, indices into params, keyword arguments)
-        for one fused call per bucket: lr, GradScaler tensors and the constraint on that
-        device. Complex tensors are passed as their real views; step counters move to the
-        device once (the kernel reads and increments them there: a step never syncs)."""
+        for one advx.ops call per bucket: the group's lr, GradScaler's tensors and the
+        constraint for the bucket's params. Complex tensors are passed as their real views;
+        step counters move to the device once (the kernel reads and increments them there:
+        a step never syncs)."""
         params = tensor_lists[0]
         keys = self._group_tensors_by_device_and_dtype([params]) if params else {}
         if len(keys) == 1:  # the usual case, without splitting every list
@@ -88,24 +88,20 @@ class FusedOptimizerMixin:
         else:
             grouped = self._group_tensors_by_device_and_dtype(tensor_lists, with_indices=True)
         constraint = group.get("constraint")
-        grad_scale = getattr(self, "grad_scale", None)
-        found_inf = getattr(self, "found_inf", None)
-        lr = group["lr"]
+        # positions in the group of the params _init_group collected (those with a gradient)
+        with_grad = None if constraint is None or len(grouped) == 1 and len(params) == len(group["params"]) \
+            else [j for j, p in enumerate(group["params"]) if p.grad is not None]
+        kwargs = dict(lr=group["lr"], grad_scale=getattr(self, "grad_scale", None),
+                      found_inf=getattr(self, "found_inf", None))
         for (device, dtype), (lists, indices) in grouped.items():
             lists = [list(tensors) for tensors in lists]
             if steps_at is not None and device.type != "cpu":
                 lists[steps_at] = self._steps_on(device, lists[0], lists[steps_at])
             if dtype.is_complex:
-                lists = [ts if j == steps_at else [torch.view_as_real(t) for t in ts] for j, ts in enumerate(lists)]
-            kwargs = dict(lr=0.0, lr_tensor=lr.to(device)) if isinstance(lr, torch.Tensor) else dict(lr=float(lr), lr_tensor=None)
-            kwargs.update(grad_scale=None if grad_scale is None else grad_scale.to(device),
-                          found_inf=None if found_inf is None else found_inf.to(device))
-            if constraint is None:
-                kwargs.update(centers=[], radii=[], constraint_norm="none", lo=-math.inf, hi=math.inf)
-            else:
-                with_grad = [j for j, p in enumerate(group["params"]) if p.grad is not None]
-                centers, radii, norm, lo, hi = constraint.kernel_args(lists[0], [with_grad[i] for i in indices])
-                kwargs.update(centers=centers, radii=radii, constraint_norm=norm, lo=lo, hi=hi)
+                lists = [ts if j == steps_at else [None if t is None else torch.view_as_real(t) for t in ts]
+                         for j, ts in enumerate(lists)]
+            kwargs["constraint"] = constraint if with_grad is None else \
+                constraint.subset([with_grad[i] for i in indices])
             yield lists, indices, kwargs
 
     def _steps_on(self, device, params: list, steps: list) -> list:

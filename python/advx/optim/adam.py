@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import ops
 from ._base import FusedOptimizerMixin
 
 __all__ = ["Adam", "AdamW"]
@@ -16,7 +17,7 @@ class _FusedAdamStep(FusedOptimizerMixin):
         beta1, beta2 = group["betas"]
         for lists, _, kwargs in self._buckets(
                 group, [params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps], steps_at=5):
-            torch.ops.advx.adam_step_.default(
+            ops.adam_step_(
                 *lists, beta1=float(beta1), beta2=float(beta2),
                 weight_decay=float(group["weight_decay"]), eps=float(group["eps"]),
                 amsgrad=bool(group["amsgrad"]), maximize=bool(group["maximize"]),

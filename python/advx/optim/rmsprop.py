@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import ops
 from ._base import FusedOptimizerMixin
 
 __all__ = ["RMSprop"]
@@ -19,7 +20,7 @@ class RMSprop(FusedOptimizerMixin, torch.optim.RMSprop):
         self._init_group(group, params, grads, square_avgs, momentum_buffers, grad_avgs, steps)
         for lists, _, kwargs in self._buckets(
                 group, [params, grads, square_avgs, grad_avgs, momentum_buffers, steps], steps_at=5):
-            torch.ops.advx.rmsprop_step_.default(
+            ops.rmsprop_step_(
                 *lists, alpha=float(group["alpha"]), eps=float(group["eps"]),
                 weight_decay=float(group["weight_decay"]), momentum=float(group["momentum"]),
                 centered=bool(group["centered"]), maximize=bool(group["maximize"]), **kwargs)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import ops
 from ._base import FusedOptimizerMixin
 
 __all__ = ["SGD"]
@@ -19,19 +20,14 @@ class SGD(FusedOptimizerMixin, torch.optim.SGD):
         if self._init_group(group, params, grads, momentum_buffers):
             raise RuntimeError("advx.optim.SGD does not support sparse gradients; use torch.optim.SGD")
         momentum = float(group["momentum"])
-        new_buffer = []
-        if momentum != 0:
-            # torch's first step sets the buffer to the gradient: the kernel does that
-            # for the buffers flagged new, which live in the state from now on
-            new_buffer = [buf is None for buf in momentum_buffers]
-            for i, p in enumerate(params):
-                if new_buffer[i]:
-                    momentum_buffers[i] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    self.state[p]["momentum_buffer"] = momentum_buffers[i]
         for lists, indices, kwargs in self._buckets(group, [params, grads, momentum_buffers]):
-            params_b, grads_b, bufs_b = lists
-            init = [new_buffer[i] for i in indices] if new_buffer else []
-            torch.ops.advx.sgd_step_.default(
-                params_b, grads_b, bufs_b, init, momentum=momentum,
-                dampening=float(group["dampening"]), weight_decay=float(group["weight_decay"]),
-                nesterov=bool(group["nesterov"]), maximize=bool(group["maximize"]), **kwargs)
+            ops.sgd_step_(*lists, momentum=momentum, dampening=float(group["dampening"]),
+                          weight_decay=float(group["weight_decay"]), nesterov=bool(group["nesterov"]),
+                          maximize=bool(group["maximize"]), **kwargs)
+            if momentum != 0:
+                # the op created the missing buffers (as torch's first step, they start as
+                # the gradient): they live in the state from now on
+                for i, buf in zip(indices, lists[2]):
+                    if momentum_buffers[i] is None:
+                        p = params[i]
+                        self.state[p]["momentum_buffer"] = torch.view_as_complex(buf) if p.is_complex() else buf

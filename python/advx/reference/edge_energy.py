@@ -1,4 +1,4 @@
-"""Plain-PyTorch multiscale edge energy (DESIGN.md's definition: conv2d + avg_pool2d)."""
+"""Plain-PyTorch multiscale edge energy, as advx.ops.edge_energy defines it: conv2d + avg_pool2d."""
 from __future__ import annotations
 
 import torch

@@ -22,19 +22,22 @@ def _grad(g, grad_scale, maximize):
 
 
 def _constrain_(params, constraint) -> None:
-    """p = clamp(center + project(p - center, eps, norm), lo, hi), per sample along dim 0."""
+    """p = clamp(center + project(p - center, eps, norm), lo, hi), per sample along dim 0,
+    read from the constraint's public fields: norm ("none": the box alone), centers (None
+    or one per param), eps (or radii, one per param), lo and hi."""
     if constraint is None:
         return
-    centers, radii, norm, lo, hi = constraint.kernel_args(params)
+    norm, centers = constraint.norm, constraint.centers
+    radii = getattr(constraint, "radii", None)
     for i, p in enumerate(params):
         if p.numel() == 0:
             continue
         if norm != "none":
             center = centers[i] if centers else torch.zeros_like(p)
             delta = (p - center).reshape(p.shape[0] if p.dim() else 1, -1)
-            project_(delta, radii[i], norm)
+            project_(delta, constraint.eps if radii is None else radii[i], norm)
             p.copy_(center + delta.reshape(p.shape))
-        p.clamp_(lo, hi)
+        p.clamp_(constraint.lo, constraint.hi)
 
 
 @torch.no_grad()

@@ -1,4 +1,4 @@
-"""Plain-PyTorch project_ and pgd_step_ (DESIGN.md's formulas, line for line)."""
+"""Plain-PyTorch project_ and pgd_step_: the formulas of advx.ops' docstrings, line for line."""
 from __future__ import annotations
 
 import math

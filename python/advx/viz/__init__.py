@@ -1,5 +1,6 @@
-"""Feature visualization and figures: maximum-response images (seed 003) and the
-PNG figures of the demo (adversarial examples, optimizer loss curves, grids)."""
+"""Feature visualization and figures: maximum-response images (with the multiscale
+edge-energy prior) and the PNG figures of the demo (adversarial examples, optimizer
+loss curves, grids)."""
 from .figures import plot_adversarial, plot_grid, plot_loss_curves, save_image
 from .response import Visualization, layer_names, maximize_response, render
 

@@ -67,7 +67,7 @@ def _per_row(value, n: int, name: str) -> list:
 
 def plot_adversarial(original, adversarial, pred_orig, conf_orig, pred_adv, conf_adv, path, *,
                      magnify: float | None = None, class_names: Sequence[str] | None = None) -> Path:
-    """Original / adversarial / magnified difference, one row per image (seeds 000, 003).
+    """Original / adversarial / magnified difference, one row per image.
 
     Images are [C, H, W] or a batch [N, C, H, W] in [0, 1]; ``pred_*`` are class
     indices and ``conf_*`` probabilities in [0, 1] (one each, or one per image). The
@@ -102,8 +102,8 @@ def plot_adversarial(original, adversarial, pred_orig, conf_orig, pred_adv, conf
 
 def plot_loss_curves(curves: Mapping[str, Sequence[float]], path, *, title: str | None = None,
                      xlabel: str = "step", ylabel: str = "loss", log_y: bool = False) -> Path:
-    """One line per entry of ``curves`` (name -> loss per step): several optimizers
-    on the same attack, as in seed 004."""
+    """One line per entry of ``curves`` (name -> loss per step), e.g. several optimizers
+    on the same attack (the demo's optimizer comparison)."""
     if not curves:
         raise ValueError("curves must name at least one loss curve")
     fig = _figure(figsize=(6, 4))

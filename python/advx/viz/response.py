@@ -1,5 +1,6 @@
-"""Maximum-response images (seed 003): optimize an input from small noise to
-maximize a class logit or a unit/channel of a named layer, minus an image prior."""
+"""Maximum-response images: optimize an input from small noise to maximize a class
+logit or a unit/channel of a named layer, minus an image prior (by default the
+multiscale edge-energy penalty)."""
 from __future__ import annotations
 
 from numbers import Integral
@@ -8,6 +9,9 @@ from typing import Callable, NamedTuple, Sequence
 import torch
 from torch import nn
 
+from .. import _validate
+from .._runtime import default_device, eval_mode, generator
+from ..optim import Adam
 from ..prior import EdgeEnergy
 
 __all__ = ["Visualization", "maximize_response", "render", "layer_names"]
@@ -25,7 +29,8 @@ class _Captured(Exception):
 
 def render(x: torch.Tensor) -> torch.Tensor:
     """``0.5 + 0.1 * (x - mean) / std`` clamped to [0, 1], per sample for a [B, ...] batch
-    (4-dim input), over the whole tensor otherwise: the display rule of seed 003."""
+    (4-dim input), over the whole tensor otherwise: a contrast stretch that shows
+    structure whatever the optimized values' scale."""
     x = x.detach()
     dims = tuple(range(1, x.dim())) if x.dim() == 4 else tuple(range(x.dim()))
     mean = x.mean(dim=dims, keepdim=True)
@@ -63,20 +68,6 @@ def _unit_index(unit) -> tuple:
     return unit
 
 
-def _default_device(model: nn.Module) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
-
-
-def _adam():
-    try:  # the fused optimizer once it is built, else torch's (same update rule)
-        from advx.optim import Adam
-    except ImportError:
-        from torch.optim import Adam
-    return Adam
-
-
 def maximize_response(model: nn.Module, target, *, steps: int = 250, lr: float = 0.1,
                       prior: Callable[[torch.Tensor], torch.Tensor] | None = None,
                       prior_weight: float = 1.0, shape=(1, 3, 224, 224), layer: str | None = None,
@@ -94,10 +85,8 @@ def maximize_response(model: nn.Module, target, *, steps: int = 250, lr: float =
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if not isinstance(steps, Integral) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
-    if not lr > 0:
-        raise ValueError(f"lr must be positive, got {lr!r}")
+    steps = _validate.steps(steps)
+    lr = _validate.positive(lr, "lr")
     if not prior_weight >= 0:
         raise ValueError(f"prior_weight must be >= 0, got {prior_weight!r}")
     shape = tuple(shape)
@@ -105,7 +94,7 @@ def maximize_response(model: nn.Module, target, *, steps: int = 250, lr: float =
         raise ValueError(f"shape must be (batch, ...) of positive ints, got {shape!r}")
     targets, batch = _targets(target, shape[0])
     unit_idx = _unit_index(unit)
-    device = torch.device(device) if device is not None else _default_device(model)
+    device = torch.device(device) if device is not None else default_device(model)
     modules = dict(model.named_modules())
     if layer is not None and (not layer or layer not in modules):
         raise ValueError(f"layer {layer!r} is not a module of the model; valid names: {', '.join(layer_names(model))}")
@@ -114,8 +103,9 @@ def maximize_response(model: nn.Module, target, *, steps: int = 250, lr: float =
     if isinstance(prior, nn.Module):
         prior = prior.to(device)
 
-    gen = torch.Generator().manual_seed(seed)
-    x = (torch.randn((batch,) + shape[1:], generator=gen) * 0.01).to(device).requires_grad_()
+    # drawn on the CPU: the same start on every device
+    x = (torch.randn((batch,) + shape[1:], generator=generator(_validate.seed(seed), "cpu")) * 0.01)
+    x = x.to(device).requires_grad_()
     targets = targets.to(device)
     rows = torch.arange(batch, device=device)
     captured: list[torch.Tensor] = []
@@ -145,24 +135,21 @@ def maximize_response(model: nn.Module, target, *, steps: int = 250, lr: float =
                                  f"{tuple(picked.shape[1:])}") from None
         return picked.reshape(batch, -1).sum(1)
 
-    was_training = {m: m.training for m in model.modules()}
     handle = modules[layer].register_forward_hook(hook) if layer is not None else None
-    optimizer = _adam()([x], lr=lr)
+    optimizer = Adam([x], lr=lr)
     try:
-        model.eval()
-        for _ in range(steps):
-            objective = response(x).sum()
-            if prior_weight > 0:
-                objective = objective - prior_weight * prior(x).sum()
-            # grad w.r.t. x only: the parameters' .grad are never touched
-            (x.grad,) = torch.autograd.grad(-objective, [x])
-            optimizer.step()
-        with torch.no_grad():
-            final = response(x)
+        with eval_mode(model):
+            for _ in range(steps):
+                objective = response(x).sum()
+                if prior_weight > 0:
+                    objective = objective - prior_weight * prior(x).sum()
+                # grad w.r.t. x only: the parameters' .grad are never touched
+                (x.grad,) = torch.autograd.grad(-objective, [x])
+                optimizer.step()
+            with torch.no_grad():
+                final = response(x)
     finally:
         if handle is not None:
             handle.remove()
-        for m, mode in was_training.items():
-            m.training = mode
     image = x.detach()
     return Visualization(image, render(image), final.detach())
