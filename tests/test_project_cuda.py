@@ -26,6 +26,8 @@ def test_cuda_matches_cpu_kernel(dtype, norm, shape):
     cpu_dtype = dtype if dtype in (torch.float32, torch.float64) else torch.float32
     want = ops.pgd_step_(x.cpu().to(cpu_dtype), g.cpu().to(cpu_dtype), xo.cpu().to(cpu_dtype),
                          eps.cpu(), 0.05, norm).to(dtype)
+    # CUDA is built with --fmad=false (CPU: -ffp-contract=off), so the elementwise L-inf
+    # step is the same bits on both; L2 reduces in a different order: assert_close.
     exact = norm == "linf" and dtype in (torch.float32, torch.float64)
     torch.testing.assert_close(got, want, **({"atol": 0, "rtol": 0} if exact else {}))
 
