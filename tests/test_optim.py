@@ -646,3 +646,27 @@ def test_adagrad_accepts_fused_on_every_device(device):
         fused.step()
         reference.step()
     torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW"])
+def test_step_without_gradients_does_nothing(name):
+    # torch.optim skips parameters without .grad: a fresh optimizer, zero_grad(set_to_none)
+    # or a frozen group must not raise and must not move anything.
+    frozen, live = torch.nn.Parameter(torch.randn(3, 4)), torch.nn.Parameter(torch.randn(5))
+    kwargs = {"momentum": 0.9} if name in ("SGD", "RMSprop") else {}
+    opt = getattr(advx.optim, name)([{"params": [frozen]}, {"params": [live]}], lr=0.1, **kwargs)
+    before = frozen.detach().clone(), live.detach().clone()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    opt.step()
+    live.grad = torch.randn_like(live)
+    opt.step()
+    assert torch.equal(frozen, before[0])
+    assert not torch.equal(live, before[1])
+
+
+@pytest.mark.parametrize("op", ["sgd_step_", "adagrad_step_", "rmsprop_step_", "adam_step_"])
+def test_functional_steps_on_empty_lists_do_nothing(op):
+    n_lists = {"sgd_step_": 3, "adagrad_step_": 4, "rmsprop_step_": 6, "adam_step_": 6}[op]
+    getattr(advx.ops, op)(*([] for _ in range(n_lists)), momentum=0.9) if op == "sgd_step_" \
+        else getattr(advx.ops, op)(*([] for _ in range(n_lists)))

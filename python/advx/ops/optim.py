@@ -71,6 +71,8 @@ def sgd_step_(params, grads, momentum_buffers, *, lr=1e-3, momentum=0.0, dampeni
     GradScaler; ``constraint`` (LpBall/Box) is applied after the update.
     """
     params, grads = _validate.tensor_list(params, "params"), _validate.tensor_list(grads, "grads")
+    if not params:
+        return  # nothing to update (the dispatcher would find no tensor to dispatch on)
     if momentum != 0:
         new = _new_momentum_buffers(params, momentum_buffers)
     else:
@@ -88,6 +90,8 @@ def adagrad_step_(params, grads, state_sums, steps, *, lr=1e-2, lr_decay=0.0, we
     """torch.optim.Adagrad's update of every tensor in ``params``, in place, in one call;
     ``steps`` are the per-param step counters (incremented unless found_inf is set)."""
     params = _validate.tensor_list(params, "params")
+    if not params:
+        return
     args = _call_args(params, lr, grad_scale, found_inf, constraint)
     with torch.no_grad():
         torch.ops.advx.adagrad_step_.default(
@@ -103,6 +107,8 @@ def rmsprop_step_(params, grads, square_avgs, grad_avgs, momentum_buffers, steps
     ``grad_avgs`` is used when ``centered``, ``momentum_buffers`` when momentum > 0 (else
     they may be empty lists)."""
     params = _validate.tensor_list(params, "params")
+    if not params:
+        return
     args = _call_args(params, lr, grad_scale, found_inf, constraint)
     with torch.no_grad():
         torch.ops.advx.rmsprop_step_.default(
@@ -121,6 +127,8 @@ def adam_step_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, *, 
     """torch.optim.Adam's (AdamW's with ``decoupled_weight_decay``) update of every tensor
     in ``params``, in place, in one call. ``max_exp_avg_sqs`` is used when ``amsgrad``."""
     params = _validate.tensor_list(params, "params")
+    if not params:
+        return
     args = _call_args(params, lr, grad_scale, found_inf, constraint)
     with torch.no_grad():
         torch.ops.advx.adam_step_.default(

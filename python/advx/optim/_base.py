@@ -82,7 +82,9 @@ class FusedOptimizerMixin:
         step counters move to the device once (the kernel reads and increments them there:
         a step never syncs)."""
         params = tensor_lists[0]
-        keys = self._group_tensors_by_device_and_dtype([params]) if params else {}
+        if not params:
+            return  # no parameter of the group has a gradient: torch.optim does nothing
+        keys = self._group_tensors_by_device_and_dtype([params])
         if len(keys) == 1:  # the usual case, without splitting every list
             grouped = {next(iter(keys)): (tensor_lists, range(len(params)))}
         else:
