@@ -320,6 +320,19 @@ __device__ __forceinline__ void load_l2(const scalar_t* p, int64_t i, bool vec, 
   }
 }
 
+// The same for p and its center c (c == nullptr: zeros).
+template <int VEC, typename scalar_t, typename T>
+__device__ __forceinline__ void load_l2_pair(const scalar_t* p, const scalar_t* c, int64_t i,
+                                             bool vec, int m, T (&pv)[VEC], T (&cv)[VEC]) {
+  load_l2<VEC>(p, i, vec, m, pv);
+  if (c != nullptr) {
+    load_l2<VEC>(c, i, vec, m, cv);
+  } else {
+#pragma unroll
+    for (int l = 0; l < VEC; ++l) cv[l] = T(0);
+  }
+}
+
 __device__ __forceinline__ bool l2_vec_ok(const void* p, const void* c, int64_t n, int vec) {
   return (reinterpret_cast<uintptr_t>(p) | reinterpret_cast<uintptr_t>(c)) % 16 == 0 &&
          n % vec == 0;
@@ -343,13 +356,7 @@ __global__ void __launch_bounds__(kL2Threads)
          i += static_cast<int64_t>(kL2Threads) * VEC) {
       const int m = static_cast<int>(min(static_cast<int64_t>(VEC), blk.end - i));
       T pv[VEC], cv[VEC];
-      load_l2<VEC>(p, i, vec, m, pv);
-      if (c != nullptr) {
-        load_l2<VEC>(c, i, vec, m, cv);
-      } else {
-#pragma unroll
-        for (int l = 0; l < VEC; ++l) cv[l] = T(0);
-      }
+      load_l2_pair<VEC>(p, c, i, vec, m, pv, cv);
 #pragma unroll
       for (int l = 0; l < VEC; ++l) {
         if (l < m) {
@@ -408,13 +415,7 @@ __global__ void __launch_bounds__(kL2Threads)
          i += static_cast<int64_t>(kL2Threads) * VEC) {
       const int m = static_cast<int>(min(static_cast<int64_t>(VEC), blk.end - i));
       T pv[VEC], cv[VEC];
-      load_l2<VEC>(p, i, vec, m, pv);
-      if (c != nullptr) {
-        load_l2<VEC>(c, i, vec, m, cv);
-      } else {
-#pragma unroll
-        for (int l = 0; l < VEC; ++l) cv[l] = T(0);
-      }
+      load_l2_pair<VEC>(p, c, i, vec, m, pv, cv);
       if (vec) {
         V out;
 #pragma unroll
