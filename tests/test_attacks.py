@@ -242,7 +242,7 @@ def test_through_normalize_perturbs_pixels(device):
 
 def test_gradient_ascent_flips_labels_and_stops(device):
     model, x, y = make_inputs("contiguous", device, batch=20)
-    res = GradientAscent(model, lr=2.0, steps=100).run(x, y)
+    res = GradientAscent(model, lr=2.0, steps=100, bounds=None).run(x, y)  # unboxed ascent
     assert bool(res.success.all())
     # the result is the first iterate that flipped: a manual loop, frozen per sample
     x_ref = x.clone()
@@ -353,3 +353,67 @@ def test_bad_inputs(device):
     with pytest.raises(RuntimeError, match="inference_mode"):
         with torch.inference_mode():
             atk(x, y)
+
+
+# -- model outputs, labels and non-finite logits (reliability) -----------------------------
+
+class _Wrapped(torch.nn.Module):
+    """The same classifier returning its logits in another container."""
+
+    def __init__(self, model, kind):
+        super().__init__()
+        self.model, self.kind = model, kind
+
+    def forward(self, x):
+        z = self.model(x)
+        if self.kind == "tuple":
+            return z, x.mean()
+        if self.kind == "dict":
+            return {"logits": z, "hidden": x}
+        return type("Output", (), {"logits": z})()
+
+
+@pytest.mark.parametrize("kind", ["tuple", "dict", "object"])
+def test_models_returning_logits_in_a_container(kind):
+    model, x, y = make_inputs("contiguous", "cpu", batch=12)
+    want = PGD(model, 0.1, steps=3, seed=0).run(x, y)
+    got = PGD(_Wrapped(model, kind), 0.1, steps=3, seed=0).run(x, y)
+    torch.testing.assert_close(got.adv, want.adv)
+    assert torch.equal(got.success, want.success)
+    report = advx.eval.robust_accuracy(_Wrapped(model, kind), (x, y), [FGSM(_Wrapped(model, kind), 0.05)],
+                                       progress=False)
+    assert report is not None
+
+
+def test_model_returning_something_else_names_model():
+    model, x, y = make_inputs("contiguous", "cpu", batch=4)
+    with pytest.raises(TypeError, match="model must return logits"):
+        FGSM(lambda inp: {"scores": model(inp)}, 0.1)(x, y)
+
+
+@pytest.mark.parametrize("bad", [-100, -1, 10])
+def test_labels_outside_the_classes_are_refused(bad):
+    model, x, y = make_inputs("contiguous", "cpu", batch=6)
+    y[2] = bad
+    for atk in (FGSM(model, 0.1), PGD(model, 0.1, steps=2), GradientAscent(model, 0.5, 2)):
+        with pytest.raises(ValueError, match=r"labels must lie in \[0, 10\)"):
+            atk.run(x, y)
+
+
+def test_nan_logits_never_count_as_success():
+    model, x, y = make_inputs("contiguous", "cpu", batch=8)
+
+    def nan_model(inp):
+        return model(inp) * float("nan")
+
+    for atk in (FGSM(nan_model, 0.1), PGD(nan_model, 0.1, steps=3), GradientAscent(nan_model, 0.5, 3)):
+        res = atk.run(x, y)
+        assert not bool(res.success.any()), type(atk).__name__
+
+
+def test_gradient_ascent_stays_in_the_pixel_box_by_default():
+    model, x, y = make_inputs("contiguous", "cpu", batch=10)
+    adv = GradientAscent(model, lr=50.0, steps=20, early_stop=False)(x, y)
+    assert float(adv.min()) >= 0.0 and float(adv.max()) <= 1.0
+    free = GradientAscent(model, lr=50.0, steps=20, early_stop=False, bounds=None)(x, y)
+    assert float(free.min()) < 0.0 or float(free.max()) > 1.0

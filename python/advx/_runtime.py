@@ -6,7 +6,7 @@ import contextlib
 
 import torch
 
-__all__ = ["eval_mode", "generator", "default_device"]
+__all__ = ["eval_mode", "generator", "default_device", "logits_of"]
 
 
 @contextlib.contextmanager
@@ -38,3 +38,21 @@ def default_device(model) -> torch.device:
         for p in model.parameters():
             return p.device
     return torch.device("cpu")
+
+
+def logits_of(model, x: torch.Tensor) -> torch.Tensor:
+    """``model(x)`` as a logits tensor [B, classes]: the output itself, the first element
+    of a tuple or list, or the ``logits`` of a mapping or an output object (HuggingFace
+    style). Anything else is a TypeError that names ``model`` and what it returned."""
+    out = model(x)
+    if isinstance(out, (tuple, list)) and out:
+        out = out[0]
+    elif isinstance(out, dict) or (hasattr(out, "keys") and hasattr(out, "__getitem__")):
+        out = out["logits"] if "logits" in out else None
+    elif not isinstance(out, torch.Tensor) and hasattr(out, "logits"):
+        out = out.logits
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != x.shape[0]:
+        what = type(out).__name__ if not isinstance(out, torch.Tensor) else f"a tensor of shape {tuple(out.shape)}"
+        raise TypeError(f"model must return logits of shape [{x.shape[0]}, classes] (a tensor, a tuple whose "
+                        f"first element is the logits, or an output with `logits`); it returned {what}")
+    return out

@@ -9,7 +9,7 @@ from numbers import Integral, Real
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from ._runtime import default_device, eval_mode, generator
+from ._runtime import default_device, eval_mode, generator, logits_of
 from .attacks import Attack
 
 __all__ = ["RobustnessReport", "robust_accuracy", "random_sphere"]
@@ -129,7 +129,7 @@ def robust_accuracy(model, data, attacks, *, batch_size: int = 256, device=None,
         for batch in loader:
             images, labels = batch[0].to(device), batch[1].to(device).long()
             with torch.no_grad():
-                correct = model(images).argmax(dim=1) == labels
+                correct = logits_of(model, images).argmax(dim=1) == labels
             n_seen += labels.shape[0]
             n_clean += int(correct.sum())
             images, labels = images[correct], labels[correct]
@@ -161,7 +161,7 @@ def _robust_counts(model, atk: Attack, eps_list: list, images, labels) -> list:
         labels = labels.repeat(copies)
     adv = atk(images, labels)
     with torch.no_grad():
-        still = model(adv).argmax(dim=1) == labels
+        still = logits_of(model, adv).argmax(dim=1) == labels
     return still.reshape(copies, -1).sum(dim=1).tolist()
 
 
@@ -199,7 +199,7 @@ def random_sphere(model, x: torch.Tensor, radius, *, n: int = 1000, labels=None,
     r = _check_radius(radius, x)
     with eval_mode(model):
         if labels is None:
-            labels = model(x).argmax(dim=1) if x.shape[0] else torch.zeros(0, dtype=torch.int64, device=x.device)
+            labels = logits_of(model, x).argmax(dim=1) if x.shape[0] else torch.zeros(0, dtype=torch.int64, device=x.device)
         elif not isinstance(labels, torch.Tensor) or labels.shape != x.shape[:1]:
             raise ValueError(f"labels must be a [{x.shape[0]}] tensor")
         labels = labels.to(x.device).long()
@@ -214,7 +214,7 @@ def random_sphere(model, x: torch.Tensor, radius, *, n: int = 1000, labels=None,
             points = x[sample] + scale * direction
             if clamp:
                 points.clamp_(0.0, 1.0)
-            flipped = model(points).argmax(dim=1) != labels[sample]
+            flipped = logits_of(model, points).argmax(dim=1) != labels[sample]
             changed.index_add_(0, sample, flipped.double())
     return (changed / n).to(torch.float32)
 

@@ -13,8 +13,8 @@ __all__ = ["GradientAscent", "BoxConstrained"]
 
 
 class GradientAscent(Attack):
-    """``x <- x + lr * grad_x loss(f(x), y)`` for ``steps`` steps, no budget
-    (``bounds=None``: not even the pixel box, which measures how far the
+    """``x <- x + lr * grad_x loss(f(x), y)`` for ``steps`` steps, no budget, inside the
+    pixel box ``bounds`` (``bounds=None`` drops the box too, which measures how far the
     nearest adversarial point is).
 
     ``early_stop`` (default) freezes each sample as soon as its label has flipped,
@@ -25,7 +25,7 @@ class GradientAscent(Attack):
     norm = "l2"
 
     def __init__(self, model, lr, steps: int, *, early_stop: bool = True, targeted: bool = False,
-                 bounds=None):
+                 bounds=(0.0, 1.0)):
         super().__init__(model, targeted=targeted, bounds=bounds)
         self.lr = _validate.budget(lr, "lr")
         self.steps = _validate.steps(steps)

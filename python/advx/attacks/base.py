@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import _validate
-from .._runtime import eval_mode
+from .._runtime import eval_mode, logits_of
 
 __all__ = ["Attack", "AttackResult"]
 
@@ -48,6 +48,14 @@ class AttackResult:
 def check_model(model) -> None:
     if not callable(model):
         raise TypeError(f"model must be callable (an nn.Module), got {type(model).__name__}")
+
+
+def check_labels(labels: torch.Tensor, num_classes: int) -> None:
+    """Labels are class indices of the model's output: -100 (cross-entropy's ignore
+    index) or any other value outside [0, classes) would make a loss of 0 or garbage."""
+    if labels.numel() and (bool((labels < 0).any()) or bool((labels >= num_classes).any())):
+        raise ValueError(f"labels must lie in [0, {num_classes}) (the model returns {num_classes} classes), "
+                         f"got values in [{int(labels.min())}, {int(labels.max())}]")
 
 
 def per_sample(value, x: torch.Tensor):
@@ -170,7 +178,9 @@ class Attack:
 
     def _success(self, logits, labels) -> torch.Tensor:
         pred = logits.argmax(dim=1)
-        return pred == labels if self.targeted else pred != labels
+        fooled = pred == labels if self.targeted else pred != labels
+        # argmax of a NaN row is 0: non-finite logits never count as success
+        return fooled & torch.isfinite(logits).all(dim=1)
 
     def _loop(self, images, labels, x_adv, steps: int, update: Callable, *, record_loss: bool,
               early_stop: bool, mean_grad: bool, report: bool = True) -> AttackResult:
@@ -188,7 +198,9 @@ class Attack:
         history = []
         done_steps = steps
         for step in range(steps):
-            logits = self.model(x_adv)
+            logits = logits_of(self.model, x_adv)
+            if step == 0:
+                check_labels(labels, logits.shape[1])
             objective, ce = self._objective(images, x_adv, logits, labels)
             (grad,) = torch.autograd.grad(objective.mean() if mean_grad else objective.sum(), x_adv)
             success = self._success(logits.detach(), labels)
@@ -210,7 +222,7 @@ class Attack:
                                 first_success=None)
         with torch.no_grad():
             adv = x_adv.detach()
-            logits = self.model(adv)
+            logits = logits_of(self.model, adv)
             _, ce = self._objective(images, adv, logits, labels)
             success = self._success(logits, labels)
             first = torch.where(success & (first < 0), done_steps, first)
