@@ -25,7 +25,7 @@ import torch
 
 from .. import _validate
 
-__all__ = ["Constraint", "LpBall", "Box"]
+__all__ = ["Constraint", "LpBall", "Box", "check_constraint_type"]
 
 
 class Constraint:
@@ -50,6 +50,12 @@ class Constraint:
         """This constraint for the parameters at ``positions`` of the group it was made for
         (an optimizer steps the parameters that have gradients, one device and dtype at a time)."""
         return self
+
+
+def check_constraint_type(constraint) -> None:
+    """``constraint=`` of the ops and of advx.optim: None or a Constraint."""
+    if constraint is not None and not isinstance(constraint, Constraint):
+        raise TypeError(f"constraint must be None, an advx.LpBall or an advx.Box, got {type(constraint).__name__}")
 
 
 class Box(Constraint):

@@ -9,7 +9,7 @@ import math
 import torch
 
 from .. import _validate
-from .constraints import Constraint
+from .constraints import check_constraint_type
 
 __all__ = ["sgd_step_", "adagrad_step_", "rmsprop_step_", "adam_step_"]
 
@@ -36,8 +36,7 @@ def _call_args(params: list, lr, grad_scale, found_inf, constraint) -> dict:
     if constraint is None:
         args.update(_NO_CONSTRAINT)
         return args
-    if not isinstance(constraint, Constraint):
-        raise TypeError(f"constraint must be None, an advx.LpBall or an advx.Box, got {type(constraint).__name__}")
+    check_constraint_type(constraint)
     constraint.check(params)
     centers, radii, norm, lo, hi = constraint.kernel_args(params)
     args.update(centers=centers, radii=radii, constraint_norm=norm, lo=lo, hi=hi)
@@ -58,6 +57,21 @@ def _new_momentum_buffers(params: list, momentum_buffers) -> list:
     return new
 
 
+def _tensor_lists(**lists) -> list:
+    """The op's tensor lists, in order, each checked to be a list (the kernel checks the rest)."""
+    return [_validate.tensor_list(tensors, name) for name, tensors in lists.items()]
+
+
+def _call(op, lists: list, lr, grad_scale, found_inf, constraint, **hyper) -> None:
+    """``op(*lists, **hyper)`` plus the arguments every optimizer op shares. No tensor in
+    any list is nothing to update, as in torch.optim (and nothing to dispatch on)."""
+    if not any(lists):
+        return
+    args = _call_args(lists[0], lr, grad_scale, found_inf, constraint)
+    with torch.no_grad():
+        op(*lists, **hyper, **args)
+
+
 # ------------------------------------------------------------------ ops
 
 def sgd_step_(params, grads, momentum_buffers, *, lr=1e-3, momentum=0.0, dampening=0.0,
@@ -71,17 +85,13 @@ def sgd_step_(params, grads, momentum_buffers, *, lr=1e-3, momentum=0.0, dampeni
     GradScaler; ``constraint`` (LpBall/Box) is applied after the update.
     """
     params, grads = _validate.tensor_list(params, "params"), _validate.tensor_list(grads, "grads")
-    if not params:
-        return  # nothing to update (the dispatcher would find no tensor to dispatch on)
     if momentum != 0:
         new = _new_momentum_buffers(params, momentum_buffers)
     else:
         momentum_buffers, new = [], []
-    args = _call_args(params, lr, grad_scale, found_inf, constraint)
-    with torch.no_grad():
-        torch.ops.advx.sgd_step_.default(
-            params, grads, momentum_buffers, new, momentum=float(momentum), dampening=float(dampening),
-            weight_decay=float(weight_decay), nesterov=bool(nesterov), maximize=bool(maximize), **args)
+    _call(torch.ops.advx.sgd_step_.default, [params, grads, momentum_buffers, new], lr, grad_scale,
+          found_inf, constraint, momentum=float(momentum), dampening=float(dampening),
+          weight_decay=float(weight_decay), nesterov=bool(nesterov), maximize=bool(maximize))
 
 
 def adagrad_step_(params, grads, state_sums, steps, *, lr=1e-2, lr_decay=0.0, weight_decay=0.0,
@@ -89,15 +99,9 @@ def adagrad_step_(params, grads, state_sums, steps, *, lr=1e-2, lr_decay=0.0, we
                   constraint=None) -> None:
     """torch.optim.Adagrad's update of every tensor in ``params``, in place, in one call;
     ``steps`` are the per-param step counters (incremented unless found_inf is set)."""
-    params = _validate.tensor_list(params, "params")
-    if not params:
-        return
-    args = _call_args(params, lr, grad_scale, found_inf, constraint)
-    with torch.no_grad():
-        torch.ops.advx.adagrad_step_.default(
-            params, _validate.tensor_list(grads, "grads"), _validate.tensor_list(state_sums, "state_sums"),
-            _validate.tensor_list(steps, "steps"), lr_decay=float(lr_decay), weight_decay=float(weight_decay),
-            eps=float(eps), maximize=bool(maximize), **args)
+    lists = _tensor_lists(params=params, grads=grads, state_sums=state_sums, steps=steps)
+    _call(torch.ops.advx.adagrad_step_.default, lists, lr, grad_scale, found_inf, constraint,
+          lr_decay=float(lr_decay), weight_decay=float(weight_decay), eps=float(eps), maximize=bool(maximize))
 
 
 def rmsprop_step_(params, grads, square_avgs, grad_avgs, momentum_buffers, steps, *, lr=1e-2,
@@ -106,18 +110,12 @@ def rmsprop_step_(params, grads, square_avgs, grad_avgs, momentum_buffers, steps
     """torch.optim.RMSprop's update of every tensor in ``params``, in place, in one call.
     ``grad_avgs`` is used when ``centered``, ``momentum_buffers`` when momentum > 0 (else
     they may be empty lists)."""
-    params = _validate.tensor_list(params, "params")
-    if not params:
-        return
-    args = _call_args(params, lr, grad_scale, found_inf, constraint)
-    with torch.no_grad():
-        torch.ops.advx.rmsprop_step_.default(
-            params, _validate.tensor_list(grads, "grads"), _validate.tensor_list(square_avgs, "square_avgs"),
-            _validate.tensor_list(grad_avgs, "grad_avgs") if centered else [],
-            _validate.tensor_list(momentum_buffers, "momentum_buffers") if momentum > 0 else [],
-            _validate.tensor_list(steps, "steps"), alpha=float(alpha), eps=float(eps),
-            weight_decay=float(weight_decay), momentum=float(momentum), centered=bool(centered),
-            maximize=bool(maximize), **args)
+    lists = _tensor_lists(params=params, grads=grads, square_avgs=square_avgs,
+                          grad_avgs=grad_avgs if centered else [],
+                          momentum_buffers=momentum_buffers if momentum > 0 else [], steps=steps)
+    _call(torch.ops.advx.rmsprop_step_.default, lists, lr, grad_scale, found_inf, constraint,
+          alpha=float(alpha), eps=float(eps), weight_decay=float(weight_decay), momentum=float(momentum),
+          centered=bool(centered), maximize=bool(maximize))
 
 
 def adam_step_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, *, lr=1e-3,
@@ -126,18 +124,11 @@ def adam_step_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, *, 
                constraint=None) -> None:
     """torch.optim.Adam's (AdamW's with ``decoupled_weight_decay``) update of every tensor
     in ``params``, in place, in one call. ``max_exp_avg_sqs`` is used when ``amsgrad``."""
-    params = _validate.tensor_list(params, "params")
-    if not params:
-        return
-    args = _call_args(params, lr, grad_scale, found_inf, constraint)
-    with torch.no_grad():
-        torch.ops.advx.adam_step_.default(
-            params, _validate.tensor_list(grads, "grads"), _validate.tensor_list(exp_avgs, "exp_avgs"),
-            _validate.tensor_list(exp_avg_sqs, "exp_avg_sqs"),
-            _validate.tensor_list(max_exp_avg_sqs, "max_exp_avg_sqs") if amsgrad else [],
-            _validate.tensor_list(steps, "steps"), beta1=float(beta1), beta2=float(beta2),
-            weight_decay=float(weight_decay), eps=float(eps), amsgrad=bool(amsgrad), maximize=bool(maximize),
-            decoupled_weight_decay=bool(decoupled_weight_decay), **args)
+    lists = _tensor_lists(params=params, grads=grads, exp_avgs=exp_avgs, exp_avg_sqs=exp_avg_sqs,
+                          max_exp_avg_sqs=max_exp_avg_sqs if amsgrad else [], steps=steps)
+    _call(torch.ops.advx.adam_step_.default, lists, lr, grad_scale, found_inf, constraint,
+          beta1=float(beta1), beta2=float(beta2), weight_decay=float(weight_decay), eps=float(eps),
+          amsgrad=bool(amsgrad), maximize=bool(maximize), decoupled_weight_decay=bool(decoupled_weight_decay))
 
 
 # ------------------------------------------------------------------ fake kernels

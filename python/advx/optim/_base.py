@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from ..ops.constraints import Constraint
+from ..ops.constraints import check_constraint_type
 
 
 class FusedOptimizerMixin:
@@ -39,7 +39,7 @@ class FusedOptimizerMixin:
 
     def _setup_constraint(self, constraint) -> None:
         """Called at the end of __init__: `constraint` becomes a default of every group."""
-        _check_constraint_type(constraint)
+        check_constraint_type(constraint)
         self.defaults["constraint"] = constraint
         for group in self.param_groups:
             group.setdefault("constraint", constraint)
@@ -117,13 +117,8 @@ class FusedOptimizerMixin:
         return moved
 
 
-def _check_constraint_type(constraint) -> None:
-    if constraint is not None and not isinstance(constraint, Constraint):
-        raise TypeError(f"constraint must be None, an advx.LpBall or an advx.Box, got {type(constraint).__name__}")
-
-
 def _check_group_constraint(group: dict) -> None:
     constraint = group.get("constraint")
-    _check_constraint_type(constraint)
+    check_constraint_type(constraint)
     if constraint is not None:
         constraint.check(group["params"])
