@@ -3,6 +3,7 @@ the caller's train/eval flags restored, with seeded generators, on the model's d
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 
 import torch
 
@@ -47,8 +48,8 @@ def logits_of(model, x: torch.Tensor) -> torch.Tensor:
     out = model(x)
     if isinstance(out, (tuple, list)) and out:
         out = out[0]
-    elif isinstance(out, dict) or (hasattr(out, "keys") and hasattr(out, "__getitem__")):
-        out = out["logits"] if "logits" in out else None
+    elif isinstance(out, Mapping):  # HuggingFace's ModelOutput is one too
+        out = out.get("logits")
     elif not isinstance(out, torch.Tensor) and hasattr(out, "logits"):
         out = out.logits
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != x.shape[0]:

@@ -53,7 +53,7 @@ def check_model(model) -> None:
 def check_labels(labels: torch.Tensor, num_classes: int) -> None:
     """Labels are class indices of the model's output: -100 (cross-entropy's ignore
     index) or any other value outside [0, classes) would make a loss of 0 or garbage."""
-    if labels.numel() and (bool((labels < 0).any()) or bool((labels >= num_classes).any())):
+    if labels.numel() and bool(((labels < 0) | (labels >= num_classes)).any()):
         raise ValueError(f"labels must lie in [0, {num_classes}) (the model returns {num_classes} classes), "
                          f"got values in [{int(labels.min())}, {int(labels.max())}]")
 
