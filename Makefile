@@ -38,7 +38,7 @@ install: $(STAMP)
 # install of advx into it, its kernels and archs checked, the suite run against it.
 # Skipped (saying so) where nvcc is absent.
 cuda-check:
-	bash tools/cuda_build_check.sh
+	DEPS="$(DEPS)" bash tools/cuda_build_check.sh
 
 clean:
 	rm -rf build advx-demo .venv-cuda

@@ -4,12 +4,12 @@
 # a plain `pip install --no-build-isolation .` of the working tree into it, then
 # tools/check_cuda_build.py (build_info, a CUDA kernel for every op, the archs in the
 # binary) and the test suite against that build (CUDA tests skip: no GPU here).
-# Without nvcc it skips, saying so. Settings: CUDA_VENV, CUDA_TORCH_SPEC, DEPS.
+# Without nvcc it skips, saying so. Settings: CUDA_VENV, CUDA_TORCH_SPEC; DEPS (required).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${CUDA_VENV:-.venv-cuda}
 TORCH_SPEC=${CUDA_TORCH_SPEC:-torch==2.11.0}
-DEPS=${DEPS:-numpy pytest expecttest scikit-build-core pybind11 ninja cmake scikit-learn matplotlib tqdm}
+DEPS=${DEPS:?set DEPS to the build and test dependencies (make cuda-check passes those of the Makefile)}
 
 if ! command -v nvcc > /dev/null && [ ! -x /usr/local/cuda/bin/nvcc ]; then
   echo "cuda-check: nvcc not found, the CUDA build is NOT checked (skipped)"
