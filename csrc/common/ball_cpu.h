@@ -9,6 +9,7 @@
 
 #include "common/ball.h"
 #include "common/cpu_loops.h"
+#include "common/exact.h"
 #include "common/macros.h"
 
 namespace advx {
@@ -34,6 +35,38 @@ ADVX_CPU_CLONES void l2_ball_range(scalar_t* __restrict__ x, const scalar_t* __r
   }
 }
 
+// After an L2 write: every sample of x (center c, nullptr for the origin) inside the ball
+// of radius eps[b] as a float64 norm sees it (common/exact.h). A sample outside (by the
+// roundings of the write) is shrunk toward its center; one round is enough in practice,
+// the loop is a guard. Moving toward the center keeps a sample in a box that holds it.
+template <typename scalar_t>
+void l2_fit(scalar_t* x, const scalar_t* c, const opmath_t<scalar_t>* eps, int64_t batch, int64_t n) {
+  if (batch == 0 || n == 0) return;
+  for (int round = 0; round < 8; ++round) {
+    const auto sq = per_sample_sum(batch, n, [&](int64_t, int64_t s, int64_t t) {
+      return lane_sum_squares(t - s, [xs = x + s, cs = c == nullptr ? nullptr : c + s](int64_t i) {
+        return to_double(xs[i]) - (cs == nullptr ? 0.0 : to_double(cs[i]));
+      });
+    });
+    std::vector<double> shrink(batch, -1.0);
+    bool any = false;
+    for (int64_t b = 0; b < batch; ++b) {
+      const double e = static_cast<double>(eps[b]);
+      if (!l2_inside(sq[b], e)) {
+        shrink[b] = l2_shrink_factor(sq[b], e);
+        any = true;
+      }
+    }
+    if (!any) return;
+    for_each_sample_piece(batch, n, [&](int64_t b, int64_t s, int64_t t) {
+      if (shrink[b] < 0) return;
+      for (int64_t i = s; i < t; ++i) {
+        x[i] = l2_shrink_toward(x[i], c == nullptr ? 0.0 : to_double(c[i]), shrink[b]);
+      }
+    });
+  }
+}
+
 // Per sample b: x = clamp(c + (x - c) * min(1, eps[b] / ||x - c||_2), lo, hi), with
 // `center` nullptr for the origin and lo = -inf, hi = +inf for no box. A sample already
 // inside the ball is not written when there is neither a center nor a box.
@@ -52,7 +85,7 @@ void l2_project(scalar_t* x, const scalar_t* center, const opmath_t<scalar_t>* e
   std::vector<T> scale(batch);
   for (int64_t b = 0; b < batch; ++b) scale[b] = l2_scale_of_sumsq<T>(sq[b], eps[b]);
   const bool box = !(std::isinf(lo) && lo < 0 && std::isinf(hi) && hi > 0);
-  const T tlo = static_cast<T>(lo), thi = static_cast<T>(hi);
+  const T tlo = box_lo<scalar_t>(lo), thi = box_hi<scalar_t>(hi);
   for_each_sample_piece(batch, n, [&](int64_t b, int64_t s, int64_t t) {
     if (c != nullptr) {
       l2_ball_range<scalar_t, true, true>(x + s, c + s, t - s, scale[b], tlo, thi);
@@ -62,6 +95,7 @@ void l2_project(scalar_t* x, const scalar_t* center, const opmath_t<scalar_t>* e
       l2_ball_range<scalar_t, false, false>(x + s, nullptr, t - s, scale[b], tlo, thi);
     }
   });
+  l2_fit<scalar_t>(x, center, eps, batch, n);
 }
 
 }  // namespace cpu

@@ -1,4 +1,5 @@
 #pragma once
+#include <ATen/MemoryOverlap.h>
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
@@ -77,6 +78,46 @@ inline void check_budget(const at::Tensor& budget, const char* name, const at::T
       check_positive_finite<float>(budget, name);
     }
   }
+}
+
+// A tensor an op writes must not have two elements in one memory location (an expanded,
+// stride-0 tensor): it cannot hold a different result in each. Checked before anything is
+// written, so a refused call changes nothing.
+inline void check_writable(const at::Tensor& t, const char* name, int64_t index = -1) {
+  if (at::has_internal_overlap(t) != at::MemOverlap::Yes) return;
+  if (index < 0) {
+    TORCH_CHECK_VALUE(false, name, " has elements that share memory (an expanded tensor?) and "
+                      "cannot be updated in place; pass a clone()");
+  }
+  TORCH_CHECK_VALUE(false, name, "[", index, "] has elements that share memory (an expanded "
+                    "tensor?) and cannot be updated in place; pass a clone()");
+}
+
+// Whether `input` shares memory with `target` other than as the very same elements in the
+// same layout (full aliasing, which elementwise kernels handle: each element is read before
+// it is written).
+inline bool overlaps_partially(const at::Tensor& input, const at::Tensor& target) {
+  switch (at::get_overlap_status(input, target)) {
+    case at::MemOverlapStatus::Partial:
+      return true;
+    case at::MemOverlapStatus::TooHard:  // a strided tensor: same storage is enough to copy
+      return input.storage().is_alias_of(target.storage());
+    default:
+      return false;
+  }
+}
+
+// An input read while `target` is written: when the two overlap partially (views of one
+// buffer shifted against each other), the input is read from a copy taken before the
+// write, so the result is what it would be with separate tensors.
+inline at::Tensor readable_beside(const at::Tensor& input, const at::Tensor& target) {
+  return overlaps_partially(input, target) ? input.clone() : input;
+}
+
+// In-place updates bump the version counter of what they wrote, as torch's in-place ops do:
+// autograd then refuses a backward through a value saved before the update.
+inline void bump_version(const at::Tensor& t) {
+  if (t.defined()) t.unsafeGetTensorImpl()->bump_version();
 }
 
 inline void check_norm(const std::string& norm) {

@@ -70,24 +70,28 @@ struct LinfBox {
   T eps, lo, hi;
 };
 
+// The updated p stored: with the ball and box fused in, inside both in scalar_t
+// (common/exact.h; the box bounds arrive rounded inward).
 template <int kFuse, typename T, typename scalar_t>
-inline T fused_constraint(T p, const scalar_t* center, int64_t i, const LinfBox<T>& k) {
+inline scalar_t fused_store(T p, const scalar_t* center, int64_t i, const LinfBox<T>& k) {
   if constexpr (kFuse == kLinfAtCenter) {
-    return linf_ball_box(p, static_cast<T>(center[i]), k.eps, k.lo, k.hi);
+    const T c = static_cast<T>(center[i]);
+    return linf_store<scalar_t>(linf_ball_box(p, c, k.eps, k.lo, k.hi), c, k.eps);
   } else if constexpr (kFuse == kLinfAtZero) {
-    return linf_ball_box(p, T(0), k.eps, k.lo, k.hi);
+    return linf_store<scalar_t>(linf_ball_box(p, T(0), k.eps, k.lo, k.hi), T(0), k.eps);
   } else {
-    return p;
+    return static_cast<scalar_t>(p);
   }
 }
 
 // Runs the update of tensor i over [begin, end) with the constraint fused in:
 // range(fuse_tag, begin, end, linf_box) with fuse_tag an integral_constant<int, Fuse>.
 // An L-inf ball has one radius per sample, so its pieces are cut at sample borders.
-template <typename T, typename Range>
+template <typename scalar_t, typename Range>
 void fused_piece(const Constraint& k, const at::Tensor& param, const at::Tensor* radius,
                  int64_t begin, int64_t end, const Range& range) {
-  const T lo = static_cast<T>(k.lo), hi = static_cast<T>(k.hi);
+  using T = opmath_t<scalar_t>;
+  const T lo = box_lo<scalar_t>(k.lo), hi = box_hi<scalar_t>(k.hi);
   if (k.ball == Ball::kLinf) {
     const T* eps = radius->const_data_ptr<T>();
     const int64_t per_sample = param.numel() / batch_of(param);
@@ -149,7 +153,7 @@ ADVX_CPU_CLONES void update_range(scalar_t* __restrict__ p, const scalar_t* __re
     load_slot<Rule, V, 1>(s, s1, i);
     load_slot<Rule, V, 2>(s, s2, i);
     Rule::template update<V>(pi, static_cast<T>(g[i]), s, first, c);
-    p[i] = static_cast<scalar_t>(fused_constraint<kFuse>(pi, center, i, k));
+    p[i] = fused_store<kFuse>(pi, center, i, k);
     store_slot<Rule, V, 0>(s, s0, i);
     store_slot<Rule, V, 1>(s, s1, i);
     store_slot<Rule, V, 2>(s, s2, i);
@@ -230,7 +234,7 @@ void update_all(const WorkingLists& work, const ListIndex<Rule>& lists, const Co
   for_each_chunk_piece(flat_offsets(params), [&](size_t i, int64_t begin, int64_t end) {
     const at::Tensor* radius = k.ball == Ball::kNone ? nullptr : &k.radii[i];
     const bool first_i = !first.empty() && first[i];
-    fused_piece<T>(k, params[i], radius, begin, end,
+    fused_piece<scalar_t>(k, params[i], radius, begin, end,
                    [&](auto fuse, int64_t b, int64_t e, LinfBox<T> box) {
                      update_range<Rule, V, decltype(fuse)::value>(
                          p[i] + b, g[i] + b, at_piece(s[0], i, b), at_piece(s[1], i, b),

@@ -28,6 +28,8 @@
 #include <vector>
 
 #include "common/ball.h"
+#include "common/ball_cuda.cuh"
+#include "common/exact.h"
 #include "common/cuda_utils.cuh"
 #include "common/macros.h"
 #include "optim/optim_lists.h"
@@ -104,6 +106,12 @@ __device__ __forceinline__ bool skipped(const ScalarRef& found_inf) {
   return read_scalar(found_inf, 0.0) != 0.0;
 }
 
+// A launch that does nothing when found_inf is set (the step was skipped).
+struct FoundInfSkip {
+  ScalarRef found_inf;
+  __device__ bool operator()() const { return skipped(found_inf); }
+};
+
 __device__ __forceinline__ double read_step(const void* step, bool is_double) {
   if (step == nullptr) return 0.0;
   return is_double ? *static_cast<const double*>(step) : *static_cast<const float*>(step);
@@ -160,9 +168,10 @@ __device__ __forceinline__ void update_range(scalar_t* const (&ptr)[kLists], int
       if (fused.mode != 0) {
         const T eps = radius ? radius[b] : T(INFINITY);
         const T ctr = fused.mode == 2 ? static_cast<T>(center.val[l]) : T(0);
-        pv = linf_ball_box(pv, ctr, eps, fused.lo, fused.hi);
+        p.val[l] = linf_store<scalar_t>(linf_ball_box(pv, ctr, eps, fused.lo, fused.hi), ctr, eps);
+      } else {
+        p.val[l] = static_cast<scalar_t>(pv);
       }
-      p.val[l] = static_cast<scalar_t>(pv);
 #pragma unroll
       for (int j = 0; j < S; ++j) s[j].val[l] = static_cast<scalar_t>(sv[j]);
       if (N > 1 && radius != nullptr && ++r == per_sample) {
@@ -451,7 +460,7 @@ void l2_project(const std::vector<at::Tensor>& params, const std::vector<at::Ten
       at::empty({total_blocks + total_samples}, params[0].options().dtype(at::kDouble));
   double* partial = scratch.data_ptr<double>();
   double* scale = partial + total_blocks;
-  const T tlo = static_cast<T>(lo), thi = static_cast<T>(hi);
+  const T tlo = box_lo<scalar_t>(lo), thi = box_hi<scalar_t>(hi);
 
   L2Table table{};
   int64_t block_end = 0, sample_end = 0;
@@ -488,6 +497,16 @@ void l2_project(const std::vector<at::Tensor>& params, const std::vector<at::Ten
     if (table.count == kMaxL2Tensors) launch();
   }
   if (table.count > 0) launch();
+  // then each param inside its ball in scalar_t (common/exact.h)
+  for (size_t i = 0; i < params.size(); ++i) {
+    const at::Tensor& p = params[i];
+    if (p.numel() == 0) continue;
+    const int64_t batch = batch_of(p);
+    cuda::l2_fit<scalar_t>(p.data_ptr<scalar_t>(),
+                           centers ? (*centers)[i].const_data_ptr<scalar_t>() : nullptr,
+                           radii[i].const_data_ptr<T>(), batch, p.numel() / batch, stream,
+                           FoundInfSkip{found_inf});
+  }
 }
 
 // ------------------------------------------------------------------ one call
@@ -541,7 +560,7 @@ void launch_update(const CallLists& call, const Constraint& k, const typename Ru
                    const DeviceScalars& scalars, cudaStream_t stream) {
   using T = opmath_t<scalar_t>;
   const auto& params = *call.lists[kParam];
-  Fused<T> fused{0, static_cast<T>(k.lo), static_cast<T>(k.hi)};
+  Fused<T> fused{0, box_lo<scalar_t>(k.lo), box_hi<scalar_t>(k.hi)};
   if (k.ball == Ball::kLinf) fused.mode = k.has_center() ? 2 : 1;
   if (k.ball == Ball::kNone && k.box) fused.mode = 1;
 

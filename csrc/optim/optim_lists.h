@@ -40,13 +40,15 @@ inline void check_params(at::TensorList params) {
     TORCH_CHECK_TYPE(p.scalar_type() == params[0].scalar_type(), "params[", i, "] has dtype ",
                      p.scalar_type(), " but params[0] has dtype ", params[0].scalar_type(),
                      " (one call per dtype)");
+    check_writable(p, "params", static_cast<int64_t>(i));
   }
 }
 
 // `list` holds one tensor per param with the param's shape, dtype and device; an
-// optional list may also be empty.
+// optional list may also be empty. A state list (`written`) is checked to be writable and
+// apart from its params: both are written, so no copy could make a partial overlap right.
 inline void check_list_like(at::TensorList params, at::TensorList list, const char* name,
-                            bool may_be_empty = false) {
+                            bool may_be_empty = false, bool written = false) {
   if (may_be_empty && list.empty()) return;
   TORCH_CHECK_VALUE(list.size() == params.size(), name, " has ", list.size(),
                     " tensors but params has ", params.size());
@@ -62,6 +64,10 @@ inline void check_list_like(at::TensorList params, at::TensorList list, const ch
                      t.scalar_type(), " but params[", i, "] has dtype ", p.scalar_type());
     TORCH_CHECK_VALUE(t.sizes() == p.sizes(), name, "[", i, "] has shape ", t.sizes(),
                       " but params[", i, "] has shape ", p.sizes());
+    if (!written) continue;
+    check_writable(t, name, static_cast<int64_t>(i));
+    TORCH_CHECK_VALUE(!overlaps_partially(t, p) && !t.is_same(p), name, "[", i, "] and params[", i,
+                      "] share memory; an optimizer state must be a tensor of its own");
   }
 }
 
@@ -183,7 +189,8 @@ class WorkingLists {
     work.reserve(list.size());
     for (size_t i = 0; i < list.size(); ++i) {
       const at::Tensor& t = list[i];
-      if (t.strides() == params[i].strides()) {
+      // an input that partially overlaps its param is read from a copy taken before the update
+      if (t.strides() == params[i].strides() && (written || !overlaps_partially(t, params[i]))) {
         work.push_back(t);
       } else {
         work.push_back(at::empty_like(params[i]).copy_(t));
@@ -213,7 +220,7 @@ inline void check_optional_list(at::TensorList params, at::TensorList list, bool
   if (enabled) {
     TORCH_CHECK(!list.empty() || params.empty(), name, " has 0 tensors but params has ",
                 params.size(), ": it is needed unless ", when_off);
-    check_list_like(params, list, name);
+    check_list_like(params, list, name, /*may_be_empty=*/false, /*written=*/true);
   } else {
     TORCH_CHECK(list.empty(), name, " must be empty when ", when_off);
   }
@@ -231,14 +238,14 @@ inline void check_sgd_lists(at::TensorList params, at::TensorList grads,
 
 inline void check_adagrad_lists(at::TensorList params, at::TensorList grads, at::TensorList state_sums) {
   check_list_like(params, grads, "grads");
-  check_list_like(params, state_sums, "state_sums");
+  check_list_like(params, state_sums, "state_sums", /*may_be_empty=*/false, /*written=*/true);
 }
 
 inline void check_rmsprop_lists(at::TensorList params, at::TensorList grads,
                                 at::TensorList square_avgs, at::TensorList grad_avgs,
                                 at::TensorList momentum_buffers, double momentum, bool centered) {
   check_list_like(params, grads, "grads");
-  check_list_like(params, square_avgs, "square_avgs");
+  check_list_like(params, square_avgs, "square_avgs", /*may_be_empty=*/false, /*written=*/true);
   check_optional_list(params, grad_avgs, centered, "grad_avgs", "centered is False");
   check_optional_list(params, momentum_buffers, momentum > 0.0, "momentum_buffers", "momentum is 0");
 }
@@ -246,8 +253,8 @@ inline void check_rmsprop_lists(at::TensorList params, at::TensorList grads,
 inline void check_adam_lists(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                              at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs, bool amsgrad) {
   check_list_like(params, grads, "grads");
-  check_list_like(params, exp_avgs, "exp_avgs");
-  check_list_like(params, exp_avg_sqs, "exp_avg_sqs");
+  check_list_like(params, exp_avgs, "exp_avgs", /*may_be_empty=*/false, /*written=*/true);
+  check_list_like(params, exp_avg_sqs, "exp_avg_sqs", /*may_be_empty=*/false, /*written=*/true);
   check_optional_list(params, max_exp_avg_sqs, amsgrad, "max_exp_avg_sqs", "amsgrad is False");
 }
 

@@ -63,6 +63,18 @@ inline std::optional<Constraint> check_rest(at::TensorList params, const at::Dev
   return k;
 }
 
+// The driver's update, then the version counter of every tensor it wrote (params, states,
+// step counters) bumped, as torch.optim's in-place updates do.
+template <typename Driver, typename Rule>
+void run(const StepCall<Rule>& call) {
+  Driver::template run<Rule>(call);
+  for (const at::Tensor& p : call.params) bump_version(p);
+  for (const at::TensorList& list : call.states) {
+    for (const at::Tensor& t : list) bump_version(t);
+  }
+  for (const at::Tensor& s : call.steps) bump_version(s);
+}
+
 using at::TensorList;
 using OptTensor = std::optional<at::Tensor>;
 
@@ -77,7 +89,7 @@ void sgd_step(TensorList params, TensorList grads, TensorList momentum_buffers,
   const auto k = check_rest(params, device, centers, radii, constraint_norm, lo, hi, lr_tensor,
                             grad_scale, found_inf);
   if (!k) return;
-  Driver::template run<SgdRule>(
+  run<Driver, SgdRule>(StepCall<SgdRule>
       {params, grads, {momentum_buffers}, {},
        std::vector<bool>(init_momentum.begin(), init_momentum.end()), *k,
        {momentum, dampening, weight_decay, nesterov, maximize}, lr, lr_tensor, grad_scale,
@@ -96,7 +108,7 @@ void adagrad_step(TensorList params, TensorList grads, TensorList state_sums, Te
   const auto k = check_rest(params, device, centers, radii, constraint_norm, lo, hi, lr_tensor,
                             grad_scale, found_inf);
   if (!k) return;
-  Driver::template run<AdagradRule>({params, grads, {state_sums}, steps, {}, *k,
+  run<Driver, AdagradRule>(StepCall<AdagradRule>{params, grads, {state_sums}, steps, {}, *k,
                                      {lr_decay, weight_decay, eps, maximize}, lr, lr_tensor,
                                      grad_scale, found_inf});
 }
@@ -114,7 +126,7 @@ void rmsprop_step(TensorList params, TensorList grads, TensorList square_avgs,
   const auto k = check_rest(params, device, centers, radii, constraint_norm, lo, hi, lr_tensor,
                             grad_scale, found_inf);
   if (!k) return;
-  Driver::template run<RmspropRule>({params, grads, {square_avgs, grad_avgs, momentum_buffers},
+  run<Driver, RmspropRule>(StepCall<RmspropRule>{params, grads, {square_avgs, grad_avgs, momentum_buffers},
                                      steps, {}, *k,
                                      {alpha, eps, weight_decay, momentum, centered, maximize}, lr,
                                      lr_tensor, grad_scale, found_inf});
@@ -133,7 +145,7 @@ void adam_step(TensorList params, TensorList grads, TensorList exp_avgs, TensorL
   const auto k = check_rest(params, device, centers, radii, constraint_norm, lo, hi, lr_tensor,
                             grad_scale, found_inf);
   if (!k) return;
-  Driver::template run<AdamRule>({params, grads, {exp_avgs, exp_avg_sqs, max_exp_avg_sqs}, steps,
+  run<Driver, AdamRule>(StepCall<AdamRule>{params, grads, {exp_avgs, exp_avg_sqs, max_exp_avg_sqs}, steps,
                                   {}, *k,
                                   {beta1, beta2, weight_decay, eps, amsgrad, maximize,
                                    decoupled_weight_decay},

@@ -27,6 +27,7 @@ inline ProjectArgs project_args(const at::Tensor& delta, const at::Tensor& eps, 
   check_norm(norm);
   check_floating(delta, "delta");
   check_budget(eps, "eps", delta);
+  check_writable(delta, "delta");
   at::Tensor d = is_batch_major_dense(delta) ? delta : delta.contiguous();
   const int64_t batch = batch_of(d);
   return {d, eps.contiguous(), batch, batch == 0 ? 0 : d.numel() / batch};
@@ -43,20 +44,25 @@ inline PgdStepArgs pgd_step_args(const at::Tensor& x_adv, const at::Tensor& grad
   check_budget(eps, "eps", x_adv);
   check_budget(alpha, "alpha", x_adv);
   TORCH_CHECK(!(lo > hi), "bounds must satisfy lo <= hi, got (", lo, ", ", hi, ")");
-  const bool direct = same_flat_layout(x_adv, grad) && same_flat_layout(x_adv, x_orig);
+  check_writable(x_adv, "x_adv");
+  const at::Tensor g = readable_beside(grad, x_adv), xo = readable_beside(x_orig, x_adv);
+  const bool direct = same_flat_layout(x_adv, g) && same_flat_layout(x_adv, xo);
   at::Tensor x = direct ? x_adv : x_adv.contiguous();
   const int64_t batch = batch_of(x);
   return {x,
-          direct ? grad : grad.contiguous(),
-          direct ? x_orig : x_orig.contiguous(),
+          direct ? g : g.contiguous(),
+          direct ? xo : xo.contiguous(),
           eps.contiguous(),
           alpha.contiguous(),
           batch,
           batch == 0 ? 0 : x.numel() / batch};
 }
 
+// The result into the caller's tensor (when it was worked on through a copy), whose
+// version counter the update bumps either way.
 inline void write_back(at::Tensor& target, const at::Tensor& worked) {
   if (!worked.is_same(target)) target.copy_(worked);
+  bump_version(target);
 }
 
 }  // namespace project

@@ -7,6 +7,7 @@
 #include "common/ball_cpu.h"
 #include "common/checks.h"
 #include "common/cpu_loops.h"
+#include "common/exact.h"
 #include "project/project_args.h"
 #include "project/project_math.h"
 
@@ -18,15 +19,16 @@ using cpu::per_sample_sum;
 
 template <typename scalar_t, typename T>
 ADVX_CPU_CLONES void linf_project_range(scalar_t* d, int64_t n, T eps) {
-  for (int64_t i = 0; i < n; ++i) d[i] = static_cast<scalar_t>(linf_clamp<T>(static_cast<T>(d[i]), eps));
+  for (int64_t i = 0; i < n; ++i) d[i] = linf_store<scalar_t>(linf_clamp<T>(static_cast<T>(d[i]), eps), T(0), eps);
 }
 
 template <typename scalar_t, typename T>
 ADVX_CPU_CLONES void pgd_linf_range(scalar_t* x, const scalar_t* g, const scalar_t* xo, int64_t n,
                                     T eps, T alpha, T lo, T hi) {
   for (int64_t i = 0; i < n; ++i) {
-    x[i] = static_cast<scalar_t>(project::pgd_linf<T>(
-        static_cast<T>(x[i]), static_cast<T>(g[i]), static_cast<T>(xo[i]), eps, alpha, lo, hi));
+    const T c = static_cast<T>(xo[i]);
+    x[i] = linf_store<scalar_t>(
+        project::pgd_linf<T>(static_cast<T>(x[i]), static_cast<T>(g[i]), c, eps, alpha, lo, hi), c, eps);
   }
 }
 
@@ -82,7 +84,7 @@ void pgd_step_cpu(at::Tensor x_adv, const at::Tensor& grad, const at::Tensor& x_
     const scalar_t* op = xo.data_ptr<scalar_t>();
     const T* ep = e.data_ptr<T>();
     const T* ap = a.data_ptr<T>();
-    const T tlo = static_cast<T>(lo), thi = static_cast<T>(hi);
+    const T tlo = box_lo<scalar_t>(lo), thi = box_hi<scalar_t>(hi);
     if (norm == "linf") {
       for_each_sample_piece(batch, n, [&](int64_t b, int64_t s, int64_t t) {
         pgd_linf_range<scalar_t, T>(xp + s, gp + s, op + s, t - s, ep[b], ap[b], tlo, thi);
@@ -103,6 +105,7 @@ void pgd_step_cpu(at::Tensor x_adv, const at::Tensor& grad, const at::Tensor& x_
     for_each_sample_piece(batch, n, [&](int64_t b, int64_t s, int64_t t) {
       pgd_l2_finish_range<scalar_t, T>(xp + s, gp + s, op + s, t - s, ap[b], gnorm[b], scale[b], tlo, thi);
     });
+    cpu::l2_fit<scalar_t>(xp, op, ep, batch, n);
   });
   project::write_back(x_adv, x);
 }

@@ -12,8 +12,10 @@
 #include <torch/library.h>
 
 #include "common/ball.h"
+#include "common/ball_cuda.cuh"
 #include "common/checks.h"
 #include "common/cuda_utils.cuh"
+#include "common/exact.h"
 #include "project/project_args.h"
 #include "project/project_math.h"
 
@@ -25,13 +27,15 @@ using cuda::kThreads;
 
 // ---- per-element rules as functors: f(sample, v0, v1, v2) over the data tensors ----
 
-template <typename T>
+// The L-inf functors return the stored value itself, inside the ball in scalar_t
+// (common/exact.h); the others return the math type, which the map rounds to nearest.
+template <typename scalar_t, typename T>
 struct PgdLinf {
   const T* eps;
   const T* alpha;
   T lo, hi;
-  __device__ T operator()(int64_t b, T x, T g, T xo) const {
-    return project::pgd_linf<T>(x, g, xo, eps[b], alpha[b], lo, hi);
+  __device__ scalar_t operator()(int64_t b, T x, T g, T xo) const {
+    return linf_store<scalar_t>(project::pgd_linf<T>(x, g, xo, eps[b], alpha[b], lo, hi), xo, eps[b]);
   }
 };
 
@@ -55,10 +59,12 @@ struct PgdL2Finish {
   }
 };
 
-template <typename T>
+template <typename scalar_t, typename T>
 struct LinfProject {
   const T* eps;
-  __device__ T operator()(int64_t b, T d, T, T) const { return linf_clamp<T>(d, eps[b]); }
+  __device__ scalar_t operator()(int64_t b, T d, T, T) const {
+    return linf_store<scalar_t>(linf_clamp<T>(d, eps[b]), T(0), eps[b]);
+  }
 };
 
 template <typename T>
@@ -324,7 +330,7 @@ void project_cuda(at::Tensor delta, const at::Tensor& eps, std::string norm) {
     const T* ep = e.data_ptr<T>();
     const L launch(batch, n, {dp});
     if (norm == "linf") {
-      launch.template map<1>(dp, dp, nullptr, nullptr, LinfProject<T>{ep});
+      launch.template map<1>(dp, dp, nullptr, nullptr, LinfProject<scalar_t, T>{ep});
       return;
     }
     Scratch<T> scratch(launch.partials(), 1, batch, e.options());
@@ -332,6 +338,7 @@ void project_cuda(at::Tensor delta, const at::Tensor& eps, std::string norm) {
     launch.template sumsq<1>(dp, nullptr, nullptr, Identity<T>{}, L2ScaleOut<T>{ep, scale},
                              scratch.partial);
     launch.template map<1>(dp, dp, nullptr, nullptr, Scale<T>{scale});
+    cuda::l2_fit<scalar_t>(dp, nullptr, ep, batch, n, c10::cuda::getCurrentCUDAStream());
   });
   project::write_back(delta, d);
 }
@@ -352,10 +359,10 @@ void pgd_step_cuda(at::Tensor x_adv, const at::Tensor& grad, const at::Tensor& x
     const scalar_t* op = xo.data_ptr<scalar_t>();
     const T* ep = e.data_ptr<T>();
     const T* ap = a.data_ptr<T>();
-    const T tlo = static_cast<T>(lo), thi = static_cast<T>(hi);
+    const T tlo = box_lo<scalar_t>(lo), thi = box_hi<scalar_t>(hi);
     const L launch(batch, n, {xp, gp, op});
     if (norm == "linf") {
-      launch.template map<3>(xp, xp, gp, op, PgdLinf<T>{ep, ap, tlo, thi});
+      launch.template map<3>(xp, xp, gp, op, PgdLinf<scalar_t, T>{ep, ap, tlo, thi});
       return;
     }
     // L2: ||g|| per sample, ||delta|| of the stepped point, then the write. Both norms
@@ -368,6 +375,7 @@ void pgd_step_cuda(at::Tensor x_adv, const at::Tensor& grad, const at::Tensor& x
     launch.template sumsq<3>(xp, gp, op, PgdL2Delta<T>{ap, gnorm}, L2ScaleOut<T>{ep, scale},
                              scratch.partial);
     launch.template map<3>(xp, xp, gp, op, PgdL2Finish<T>{ap, gnorm, scale, tlo, thi});
+    cuda::l2_fit<scalar_t>(xp, op, ep, batch, n, c10::cuda::getCurrentCUDAStream());
   });
   project::write_back(x_adv, x);
 }

@@ -15,7 +15,8 @@ from numbers import Integral, Real
 
 import torch
 
-__all__ = ["NORMS", "norm", "bounds", "positive", "budget", "budget_tensor", "math_dtype", "tensor",
+__all__ = ["NORMS", "norm", "bounds", "positive", "budget", "budget_tensor", "math_dtype", "into_math_dtype",
+           "has_values", "tensor",
            "batched", "same_shape", "tensor_list", "scalar_tensor", "learning_rate", "steps", "seed"]
 
 NORMS = ("linf", "l2")
@@ -68,9 +69,30 @@ def budget(value, name: str, *, allow_none: bool = False):
         raise ValueError(f"{name} must be a float, a 0-dim or a [B] tensor (one value per sample), "
                          f"got shape {tuple(value.shape)}")
     _real_tensor(value, name)
-    if value.numel() == 0 or not bool(((value > 0) & torch.isfinite(value)).all()):
+    if value.numel() == 0:
+        raise ValueError(f"{name} must be positive and finite, got an empty tensor")
+    if has_values(value) and not bool(((value > 0) & torch.isfinite(value)).all()):
         raise ValueError(f"{name} must be positive and finite, got {value.flatten()[:4].tolist()}")
     return value.detach()
+
+
+def has_values(t: torch.Tensor) -> bool:
+    """False for meta and fake tensors (torch.compile's tracing), whose values cannot be read."""
+    return t.device.type != "meta" and not isinstance(t, torch._subclasses.FakeTensor)
+
+
+def into_math_dtype(value: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Positive budget values in ``dtype``, rounded toward zero, never up: a ball made with
+    the rounded radius lies inside the one asked for (float32(8/255) > 8/255 otherwise),
+    and a finite radius too large for ``dtype`` (1e39 in float32) becomes its largest
+    finite value instead of inf. No value is read (no host sync)."""
+    if not value.is_floating_point():
+        value = value.to(torch.float64)
+    rounded = value.to(dtype)
+    if value.dtype == dtype or torch.finfo(value.dtype).bits <= torch.finfo(dtype).bits:
+        return rounded.clamp(max=torch.finfo(dtype).max)
+    up = rounded.to(value.dtype) > value
+    return torch.where(up, torch.nextafter(rounded, torch.zeros_like(rounded)), rounded)
 
 
 def math_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -104,14 +126,15 @@ def budget_tensor(value, name: str, x: torch.Tensor) -> torch.Tensor:
     batch = x.shape[0]
     dtype = math_dtype(x.dtype)
     if not isinstance(value, torch.Tensor):
-        return torch.full((batch,), positive(value, name), dtype=dtype, device=x.device)
+        exact = torch.full((batch,), positive(value, name), dtype=torch.float64, device=x.device)
+        return into_math_dtype(exact, dtype)
     _real_tensor(value, name)
     if value.dim() == 0:
-        return value.to(device=x.device, dtype=dtype).expand(batch)
+        return into_math_dtype(value.to(device=x.device), dtype).expand(batch)
     if value.dim() != 1 or value.shape[0] != batch:
         raise ValueError(f"{name} must be a float or a tensor of shape [{batch}] (one per sample), "
                          f"got shape {tuple(value.shape)}")
-    return value.to(dtype=dtype)
+    return into_math_dtype(value, dtype)
 
 
 def tensor_list(value, name: str) -> list:

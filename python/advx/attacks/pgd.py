@@ -75,11 +75,16 @@ class PGD(Attack):
     def _alpha(self, eps):
         return self.alpha if self.alpha is not None else 2.5 * eps / self.steps
 
-    def _lr(self, eps) -> float:
+    def _lr(self, eps, dtype: torch.dtype) -> float:
         if self.lr is not None:
-            return float(self.lr)
-        alpha = self._alpha(eps)
-        return float(alpha.max()) if isinstance(alpha, torch.Tensor) else float(alpha)
+            lr = float(self.lr)
+        else:
+            alpha = self._alpha(eps)
+            lr = float(alpha.max()) if isinstance(alpha, torch.Tensor) else float(alpha)
+        # the optimizers' first steps scale lr by up to ~10 (bias corrections, 1/sqrt of a
+        # small average): a huge budget's lr is capped so that no step overflows the dtype
+        # (the projection takes the iterate back into the ball either way)
+        return min(lr, torch.finfo(dtype).max * 1e-6)
 
     def _start(self, images: torch.Tensor, eps) -> torch.Tensor:
         x = images.clone()
@@ -87,6 +92,9 @@ class PGD(Attack):
             return x
         gen = generator(self.seed, images.device)
         noise = torch.empty_like(images)
+        # a finite budget too large for the dtype (1e39 in float32) draws in a range it can hold
+        largest = torch.finfo(images.dtype).max / 4
+        eps = min(eps, largest) if isinstance(eps, float) else eps.clamp(max=largest)
         if self.norm == "linf":
             if isinstance(eps, float):
                 noise.uniform_(-eps, eps, generator=gen)  # the draw torchattacks makes
@@ -98,7 +106,8 @@ class PGD(Attack):
             radius = torch.rand(images.shape[0], generator=gen, device=images.device,
                                 dtype=images.dtype).pow_(1.0 / dims)
             radius = per_sample(radius, images) * per_sample(eps, images)
-            noise.mul_(radius / per_sample(sample_norms(noise, "l2").clamp_min(1e-30), images))
+            # the unit direction first: radius * eps / norm could overflow
+            noise.div_(per_sample(sample_norms(noise, "l2").clamp_min(1e-30), images)).mul_(radius)
         return clamp_box(x.add_(noise), self.bounds)
 
     def _attack(self, images, labels, record_loss, report=True) -> AttackResult:
@@ -114,7 +123,7 @@ class PGD(Attack):
 
             mean_grad = True
         else:
-            opt = make_optimizer(self.optimizer, [x_adv], self._lr(eps), maximize=True,
+            opt = make_optimizer(self.optimizer, [x_adv], self._lr(eps, images.dtype), maximize=True,
                                  constraint=LpBall(center=images, eps=eps, norm=self.norm, bounds=self.bounds))
 
             def update(x, grad):

@@ -131,15 +131,17 @@ class LpBall(Constraint):
         return part
 
     def _radius(self, p: torch.Tensor) -> torch.Tensor:
-        """eps as the [B] tensor in p's math dtype on p's device (the kernels read radius[b])."""
+        """eps as the [B] tensor in p's math dtype on p's device (the kernels read radius[b]),
+        rounded toward zero (see _validate.into_math_dtype)."""
         batch = p.shape[0] if p.dim() > 0 else 1
         dtype = _validate.math_dtype(p.dtype)
         if isinstance(self.eps, torch.Tensor):
-            return self.eps.to(device=p.device, dtype=dtype).expand(batch)
+            return _validate.into_math_dtype(self.eps.to(device=p.device), dtype).expand(batch)
         key = (batch, dtype, p.device)
         radius = self._radius_cache.get(key)
         if radius is None:
-            radius = self._radius_cache[key] = torch.full((batch,), self.eps, dtype=dtype, device=p.device)
+            exact = torch.full((batch,), self.eps, dtype=torch.float64, device=p.device)
+            radius = self._radius_cache[key] = _validate.into_math_dtype(exact, dtype)
         return radius
 
     def __repr__(self) -> str:

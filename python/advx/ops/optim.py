@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch.utils.weak import WeakIdKeyDictionary
 
 from .. import _validate
 from .constraints import check_constraint_type
@@ -17,6 +18,23 @@ __all__ = ["sgd_step_", "adagrad_step_", "rmsprop_step_", "adam_step_"]
 # and lengths of every list, named); what is checked here are the Python arguments.
 
 _NO_CONSTRAINT = dict(centers=[], radii=[], constraint_norm="none", lo=-math.inf, hi=math.inf)
+
+
+# A tensor lr's value is checked once per version of the tensor (a scheduler writing it
+# in place bumps the version), never during CUDA graph capture and never on meta/fake
+# tensors: on a GPU the check is a host sync, which a step must not pay every time.
+_checked_lr = WeakIdKeyDictionary()
+
+
+def _check_lr_value(lr: torch.Tensor) -> None:
+    if not _validate.has_values(lr) or (lr.is_cuda and torch.cuda.is_current_stream_capturing()):
+        return
+    if _checked_lr.get(lr) == lr._version:
+        return
+    value = float(lr)
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"lr must be non-negative and finite, got a tensor holding {value}")
+    _checked_lr[lr] = lr._version
 
 
 def _on(value, device):
@@ -30,6 +48,8 @@ def _call_args(params: list, lr, grad_scale, found_inf, constraint) -> dict:
     found_inf on the params' device, and the constraint as the kernel takes it."""
     device = params[0].device if params and isinstance(params[0], torch.Tensor) else None
     lr = _validate.learning_rate(lr)
+    if isinstance(lr, torch.Tensor):
+        _check_lr_value(lr)
     args = dict(lr=0.0, lr_tensor=_on(lr, device)) if isinstance(lr, torch.Tensor) else dict(lr=lr, lr_tensor=None)
     for name, value in (("grad_scale", grad_scale), ("found_inf", found_inf)):
         args[name] = None if value is None else _on(_validate.scalar_tensor(value, name), device)

@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from . import exact
 from .project import project_
 
 __all__ = ["sgd_step_", "adagrad_step_", "rmsprop_step_", "adam_step_"]
@@ -32,12 +33,19 @@ def _constrain_(params, constraint) -> None:
     for i, p in enumerate(params):
         if p.numel() == 0:
             continue
-        if norm != "none":
-            center = centers[i] if centers else torch.zeros_like(p)
-            delta = (p - center).reshape(p.shape[0] if p.dim() else 1, -1)
-            project_(delta, constraint.eps if radii is None else radii[i], norm)
-            p.copy_(center + delta.reshape(p.shape))
-        p.clamp_(constraint.lo, constraint.hi)
+        lo, hi = exact.box_bounds((constraint.lo, constraint.hi), p.dtype)  # inward, in p's dtype
+        if norm == "none":
+            p.clamp_(lo, hi)
+            continue
+        eps = constraint.eps if radii is None else radii[i]
+        center = centers[i] if centers else torch.zeros_like(p)
+        batch = p.shape[0] if p.dim() else 1
+        delta = (p - center).reshape(batch, -1)
+        project_(delta, eps, norm)
+        p.copy_(center + delta.reshape(p.shape)).clamp_(lo, hi)
+        into = exact.into_linf_ if norm == "linf" else exact.into_l2_
+        inside = into(p.reshape(batch, -1).clone(), center.reshape(batch, -1), exact.radius(eps, delta))
+        p.copy_(inside.reshape(p.shape))
 
 
 @torch.no_grad()

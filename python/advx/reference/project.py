@@ -5,6 +5,8 @@ import math
 
 import torch
 
+from . import exact
+
 
 def per_sample(value, x: torch.Tensor):
     """A float stays a float; a [B] tensor becomes [B, 1, ..., 1] in x's dtype."""
@@ -20,19 +22,22 @@ def l2_norms(v: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def project_(delta: torch.Tensor, eps, norm: str = "linf") -> torch.Tensor:
-    eps = per_sample(eps, delta)
+    radius = exact.radius(eps, delta)  # eps rounded toward zero into the math dtype
+    eps = per_sample(radius, delta)
+    zero = torch.zeros_like(delta)
     if norm == "linf":
-        return delta.copy_(torch.clamp(delta, -eps, eps))
+        return exact.into_linf_(delta.copy_(torch.clamp(delta, -eps, eps)), zero, radius)
     if norm == "l2":
         # a zero delta gives eps/0 = inf, and min(1, inf) = 1 keeps it zero
         factor = torch.clamp(eps / l2_norms(delta), max=1.0)
-        return delta.mul_(factor)
+        return exact.into_l2_(delta.mul_(factor), zero, radius)
     raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
 
 
 @torch.no_grad()
 def pgd_step_(x_adv, grad, x_orig, eps, alpha, norm="linf", bounds=(0.0, 1.0)):
-    eps, alpha = per_sample(eps, x_adv), per_sample(alpha, x_adv)
+    radius = exact.radius(eps, x_adv)
+    eps, alpha = per_sample(radius, x_adv), per_sample(exact.radius(alpha, x_adv), x_adv)
     if norm == "linf":
         delta = torch.clamp(x_adv + alpha * grad.sign() - x_orig, -eps, eps)
     elif norm == "l2":
@@ -42,4 +47,7 @@ def pgd_step_(x_adv, grad, x_orig, eps, alpha, norm="linf", bounds=(0.0, 1.0)):
     else:
         raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
     x = x_orig + delta
-    return x_adv.copy_(x if bounds is None else torch.clamp(x, *bounds))
+    box = exact.box_bounds(bounds, x_adv.dtype)  # rounded inward to values of the dtype
+    x_adv.copy_(x if box is None else torch.clamp(x, *box))
+    into = exact.into_linf_ if norm == "linf" else exact.into_l2_
+    return into(x_adv, x_orig, radius)

@@ -1,0 +1,63 @@
+#pragma once
+// The CUDA L2 fit (common/exact.h): after an L2 write, every sample inside the ball as a
+// float64 norm sees it. One block per sample sums (r - c)^2 in double with the fixed-order
+// block reduction and, for a sample outside (by the roundings of the write), shrinks it
+// toward its center and checks again. Used by project_/pgd_step_ (project_cuda.cu) and
+// the optimizers' L2 constraint (optim/multi_tensor_cuda.cuh), as ball_cpu.h's l2_fit.
+#include <c10/cuda/CUDAException.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "common/cuda_utils.cuh"
+#include "common/exact.h"
+#include "common/macros.h"
+
+namespace advx {
+namespace cuda {
+
+struct NeverSkip {
+  __device__ bool operator()() const { return false; }
+};
+
+// Block b fits sample b of x ([batch, n], batch-major dense; center c alike or nullptr
+// for the origin) into the ball of radius eps[b]. skip(): the whole call is a no-op
+// (an optimizer step skipped by found_inf).
+template <typename scalar_t, typename Skip>
+__global__ void __launch_bounds__(kThreads)
+    l2_fit_kernel(scalar_t* x, const scalar_t* c, const opmath_t<scalar_t>* eps, int64_t n,
+                  Skip skip) {
+  if (skip()) return;
+  __shared__ double shrink;
+  const int64_t b = blockIdx.x;
+  scalar_t* xs = x + b * n;
+  const scalar_t* cs = c == nullptr ? nullptr : c + b * n;
+  const double e = static_cast<double>(eps[b]);
+  for (int round = 0; round < 4; ++round) {
+    double acc = 0.0;
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+      const double d = to_double(xs[i]) - (cs == nullptr ? 0.0 : to_double(cs[i]));
+      acc += d * d;
+    }
+    acc = block_reduce_sum(acc);
+    if (threadIdx.x == 0) shrink = l2_inside(acc, e) ? -1.0 : l2_shrink_factor(acc, e);
+    __syncthreads();
+    const double s = shrink;
+    if (s < 0.0) return;  // every thread read the same value: all leave together
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+      xs[i] = l2_shrink_toward(xs[i], cs == nullptr ? 0.0 : to_double(cs[i]), s);
+    }
+    __syncthreads();  // writes seen, and `shrink` free to be written again
+  }
+}
+
+template <typename scalar_t, typename Skip = NeverSkip>
+void l2_fit(scalar_t* x, const scalar_t* c, const opmath_t<scalar_t>* eps, int64_t batch,
+            int64_t n, cudaStream_t stream, Skip skip = Skip{}) {
+  if (batch == 0 || n == 0) return;
+  l2_fit_kernel<scalar_t><<<checked_grid(batch, "L2 fit"), kThreads, 0, stream>>>(x, c, eps, n, skip);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace cuda
+}  // namespace advx
