@@ -6,7 +6,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
-DEPS := numpy pytest expecttest scikit-build-core pybind11 ninja cmake scikit-learn matplotlib tqdm
+DEPS := numpy pytest hypothesis expecttest scikit-build-core pybind11 ninja cmake scikit-learn matplotlib tqdm
 STAMP := $(VENV)/.advx-deps
 
 .PHONY: demo test bench install cuda-check clean

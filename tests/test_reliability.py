@@ -228,3 +228,34 @@ def test_fake_tensors_are_not_read():
         ball = advx.LpBall(eps=torch.full((3,), 0.1))
         ops.adam_step_([d], [torch.empty(3, 4)], [torch.empty(3, 4)], [torch.empty(3, 4)], [], [torch.zeros(())],
                        lr=torch.tensor(0.1), constraint=ball)
+
+
+# ---------------------------------------------------------------- kind 11: budgets exact in every dtype
+
+@pytest.mark.parametrize("dtype,norm,eps", [
+    (torch.bfloat16, "linf", 0.03), (torch.bfloat16, "linf", 8 / 255), (torch.float16, "linf", 0.03),
+    (torch.bfloat16, "l2", 0.5), (torch.float32, "linf", 0.03), (torch.float32, "linf", 8 / 255),
+    (torch.float16, "l2", 0.5), (torch.float64, "l2", 0.5),
+])
+def test_attack_results_inside_the_budget_in_their_dtype(dtype, norm, eps):
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 10)).to(dtype)
+    x = torch.rand(256, 3, 4, 4).to(dtype)
+    y = torch.randint(0, 10, (256,))
+    for optimizer in ("sign", "adam"):
+        adv = advx.attacks.PGD(model, eps, steps=5, norm=norm, optimizer=optimizer, seed=0)(x, y)
+        d = (adv.double() - x.double()).flatten(1)
+        size = d.abs().amax(1) if norm == "linf" else d.norm(dim=1)
+        assert float(size.max()) <= eps, (optimizer, float(size.max()))
+        assert adv.min() >= 0 and adv.max() <= 1
+
+
+def test_autocast_keeps_the_perturbation_in_float32():
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 10))
+    x = torch.rand(64, 3, 4, 4)
+    y = torch.randint(0, 10, (64,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        res = advx.attacks.PGD(model, 8 / 255, steps=5, seed=0).run(x, y)
+    assert res.adv.dtype == torch.float32
+    assert float((res.adv.double() - x.double()).abs().max()) <= 8 / 255
+    # the steps are not lost to bfloat16 rounding: the perturbation reaches the budget
+    assert float((res.adv - x).abs().max()) > 0.9 * 8 / 255

@@ -15,7 +15,7 @@ from numbers import Integral, Real
 
 import torch
 
-__all__ = ["NORMS", "norm", "bounds", "positive", "budget", "budget_tensor", "math_dtype", "into_math_dtype",
+__all__ = ["NORMS", "norm", "bounds", "positive", "budget", "budget_tensor", "math_dtype", "into_math_dtype", "bounds_in",
            "has_values", "tensor",
            "batched", "same_shape", "tensor_list", "scalar_tensor", "learning_rate", "steps", "seed"]
 
@@ -41,6 +41,18 @@ def bounds(value) -> tuple[float, float]:
     if math.isnan(lo) or math.isnan(hi) or lo > hi:
         raise ValueError(f"bounds must satisfy lo <= hi, got {value!r}")
     return lo, hi
+
+
+def bounds_in(lo: float, hi: float, dtype: torch.dtype) -> tuple[float, float]:
+    """(lo, hi) rounded inward to values of ``dtype``: a clamp to them stays inside [lo, hi]
+    in that dtype (bfloat16(0.6) is 0.6016, above 0.6). Infinite bounds stay."""
+    out = []
+    for value, up in ((lo, True), (hi, False)):
+        r = torch.tensor(value, dtype=torch.float64).to(dtype)
+        if math.isfinite(value) and ((r.double() < value) if up else (r.double() > value)):
+            r = torch.nextafter(r, torch.tensor(math.inf if up else -math.inf, dtype=dtype))  # CPU: every dtype
+        out.append(float(r))
+    return out[0], out[1]
 
 
 def positive(value, name: str) -> float:
