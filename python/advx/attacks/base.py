@@ -79,6 +79,7 @@ def clamp_box(x: torch.Tensor, bounds) -> torch.Tensor:
     lo, hi = bounds
     if math.isinf(lo) and math.isinf(hi):
         return x
+    lo, hi = _validate.bounds_in(lo, hi, x.dtype)  # inside the bounds in x's dtype too
     return x.clamp_(min=None if math.isinf(lo) else lo, max=None if math.isinf(hi) else hi)
 
 
