@@ -22,6 +22,18 @@ def _grad(g, grad_scale, maximize):
     return -g if maximize else g
 
 
+def _each(params, grads, grad_scale, maximize, weight_decay=0.0, steps=None):
+    """(i, p, g) per param, in torch.optim's order: g unscaled and negated for maximize,
+    the step counter advanced, then the L2 weight decay added (0: none)."""
+    for i, (p, g) in enumerate(zip(params, grads)):
+        g = _grad(g, grad_scale, maximize)
+        if steps is not None:
+            steps[i] += 1
+        if weight_decay != 0:
+            g = g.add(p, alpha=weight_decay)
+        yield i, p, g
+
+
 def _constrain_(params, constraint) -> None:
     """p = clamp(center + project(p - center, eps, norm), lo, hi), per sample along dim 0,
     read from the constraint's public fields: norm ("none": the box alone), centers (None
@@ -55,10 +67,7 @@ def sgd_step_(params, grads, momentum_buffers, *, lr=1e-3, momentum=0.0, dampeni
     if _skipped(found_inf):
         return
     lr = float(lr)
-    for i, (p, g) in enumerate(zip(params, grads)):
-        g = _grad(g, grad_scale, maximize)
-        if weight_decay != 0:
-            g = g.add(p, alpha=weight_decay)
+    for i, p, g in _each(params, grads, grad_scale, maximize, weight_decay):
         if momentum != 0:
             buf = momentum_buffers[i]
             if buf is None:  # first step: the buffer starts as the gradient
@@ -76,12 +85,8 @@ def adagrad_step_(params, grads, state_sums, steps, *, lr=1e-2, lr_decay=0.0, we
     if _skipped(found_inf):
         return
     lr = float(lr)
-    for i, (p, g) in enumerate(zip(params, grads)):
-        g = _grad(g, grad_scale, maximize)
-        steps[i] += 1
+    for i, p, g in _each(params, grads, grad_scale, maximize, weight_decay, steps):
         step = float(steps[i])
-        if weight_decay != 0:
-            g = g.add(p, alpha=weight_decay)
         clr = lr / (1 + (step - 1) * lr_decay)
         state_sums[i].addcmul_(g, g, value=1)
         std = state_sums[i].sqrt().add_(eps)
@@ -96,11 +101,7 @@ def rmsprop_step_(params, grads, square_avgs, grad_avgs, momentum_buffers, steps
     if _skipped(found_inf):
         return
     lr = float(lr)
-    for i, (p, g) in enumerate(zip(params, grads)):
-        g = _grad(g, grad_scale, maximize)
-        steps[i] += 1
-        if weight_decay != 0:
-            g = g.add(p, alpha=weight_decay)
+    for i, p, g in _each(params, grads, grad_scale, maximize, weight_decay, steps):
         square_avg = square_avgs[i]
         square_avg.mul_(alpha).addcmul_(g, g, value=1 - alpha)
         if centered:
@@ -125,15 +126,11 @@ def adam_step_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, *, 
     if _skipped(found_inf):
         return
     lr = float(lr)
-    for i, (p, g) in enumerate(zip(params, grads)):
-        g = _grad(g, grad_scale, maximize)
-        steps[i] += 1
+    coupled = 0.0 if decoupled_weight_decay else weight_decay
+    for i, p, g in _each(params, grads, grad_scale, maximize, coupled, steps):
         step = float(steps[i])
-        if weight_decay != 0:
-            if decoupled_weight_decay:
-                p.mul_(1 - lr * weight_decay)
-            else:
-                g = g.add(p, alpha=weight_decay)
+        if decoupled_weight_decay and weight_decay != 0:
+            p.mul_(1 - lr * weight_decay)
         exp_avg, exp_avg_sq = exp_avgs[i], exp_avg_sqs[i]
         exp_avg.lerp_(g, 1 - beta1)
         exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)
