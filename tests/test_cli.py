@@ -211,16 +211,20 @@ def test_bench_builtin(capsys):
     assert "| pgd_step_ linf |" in out and "| project_ l2 |" in out
 
 
-def test_bench_runs_the_repository_script(capfd, tmp_path, monkeypatch):
-    import advx.cli
+def test_bench_times_with_the_package_only(capsys, monkeypatch, tmp_path):
+    import subprocess
 
-    script = tmp_path / "bench_ops.py"
-    script.write_text("import sys\nprint('ARGS', sys.argv[1:])\nsys.exit(3)\n")
-    monkeypatch.setattr(advx.cli, "_repo_script", lambda name: script if name == "bench_ops.py" else None)
-    assert main(["bench", "--device", "cpu", "--quick"]) == 3  # the script's own exit status
-    assert "ARGS ['--device', 'cpu', '--quick']" in capfd.readouterr().out
-    assert main(["bench", "--attacks"]) == 2  # no bench_attacks.py: a clear error, not a traceback
-    assert "bench_attacks.py was not found" in capfd.readouterr().err
+    def no_subprocess(*args, **kwargs):
+        raise AssertionError("advx bench must not run scripts: an installed package has no checkout")
+
+    monkeypatch.setattr(subprocess, "call", no_subprocess)
+    monkeypatch.setattr(subprocess, "run", no_subprocess)
+    monkeypatch.chdir(tmp_path)  # no benchmarks/ here either
+    code, out, _ = run_cli(capsys, "bench", "--attacks", "--quick", "--device", "cpu")
+    assert code == 0
+    assert "| PGD-linf x10 |" in out and "| PGD-l2 x10 |" in out
+    code, out, _ = run_cli(capsys, "bench", "--quick", "--device", "cpu")
+    assert code == 0 and "| pgd_step_ linf |" in out
 
 
 def test_version(capsys):

@@ -1,6 +1,7 @@
 """Timing on this machine: the median-of-repeats helper that benchmarks/ uses too, and a
 quick same-run timing of the fused ops (advx.ops) against their plain-PyTorch references
-(advx.reference): what `advx bench --builtin` and the demo report."""
+(advx.reference), and of whole attacks: what `advx bench` and the demo report. The full
+benchmarks (benchmarks/*.py in the source tree) time with this module too."""
 from __future__ import annotations
 
 import statistics
@@ -12,7 +13,7 @@ import torch
 from . import ops, optim, reference
 from .ops.constraints import LpBall
 
-__all__ = ["sync", "median_seconds", "quick_timing", "format_table"]
+__all__ = ["sync", "median_seconds", "quick_timing", "attack_timing", "format_table"]
 
 
 def sync(device) -> None:
@@ -98,6 +99,47 @@ def quick_timing(device="cpu", *, shape=(128, 3, 32, 32), quick: bool = False) -
         rows.append({"op": name, "shape": list(shape), "device": str(device),
                      "advx_ms": t_fused * 1e3, "reference_ms": t_ref * 1e3, "speedup": t_ref / t_fused})
     return rows
+
+
+def attack_timing(device="cpu", *, batch: int = 128, steps: int = 10, quick: bool = False) -> list[dict]:
+    """Rows like :func:`quick_timing` for whole attacks on the digits CNN (untrained: the
+    timing does not depend on the weights): advx's PGD (one fused pgd_step_ per step)
+    against the same loop with the reference step, and PGD with the fused Adam and
+    L2-ball constraint against torch.optim.Adam followed by the reference projection."""
+    from .attacks import PGD
+    from .models import DigitsCNN
+
+    device = torch.device(device)
+    gen = torch.Generator().manual_seed(0)
+    model = DigitsCNN().to(device).eval()
+    x = torch.rand((batch, 1, 8, 8), generator=gen).to(device)
+    y = torch.randint(0, 10, (batch,), generator=gen).to(device)
+    timing = dict(warmup=1, reps=3, min_total=0.0) if quick else dict(warmup=2, reps=7, min_total=0.2)
+    rows = []
+    for norm, eps in (("linf", 8 / 255), ("l2", 0.5)):
+        fused = PGD(model, eps, steps=steps, norm=norm, seed=0)
+        plain = _reference_pgd(model, eps, eps * 2.5 / steps, steps, norm)
+        t_fused = median_seconds(lambda: fused(x, y), device, **timing)
+        t_ref = median_seconds(lambda: plain(x, y), device, **timing)
+        rows.append({"op": f"PGD-{norm} x{steps}", "shape": list(x.shape), "device": str(device),
+                     "advx_ms": t_fused * 1e3, "reference_ms": t_ref * 1e3, "speedup": t_ref / t_fused})
+    return rows
+
+
+def _reference_pgd(model, eps, alpha, steps, norm):
+    """The same PGD loop with reference.pgd_step_ as its step (random start omitted from
+    both sides' cost comparison: it is one draw)."""
+    import torch.nn.functional as F
+
+    def attack(x, y):
+        adv = x.clone()
+        for _ in range(steps):
+            adv.requires_grad_(True)
+            (grad,) = torch.autograd.grad(F.cross_entropy(model(adv), y), [adv])
+            adv = reference.pgd_step_(adv.detach(), grad, x, eps, alpha, norm)
+        return adv
+
+    return attack
 
 
 def format_table(rows: list[dict]) -> str:
