@@ -3,6 +3,7 @@ attacks and budgets, and the random-sphere check (how many labels random
 perturbations of a given size change, to set beside the adversarial radius)."""
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from numbers import Integral, Real
 
@@ -12,14 +13,21 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from ._runtime import default_device, eval_mode, generator, logits_of
 from .attacks import Attack
 
-__all__ = ["RobustnessReport", "robust_accuracy", "random_sphere"]
+__all__ = ["RobustnessReport", "GradientMaskingWarning", "robust_accuracy", "random_sphere"]
+
+
+class GradientMaskingWarning(UserWarning):
+    """Some attacked samples had a zero or non-finite input gradient: the attack had
+    nothing to follow there, and their robust accuracy is no evidence of robustness."""
 
 
 @dataclass
 class RobustnessReport:
     """Clean accuracy and one row per (attack, eps): ``name``, ``norm``, ``eps``,
     ``robust_accuracy`` (fraction of *all* samples still classified correctly
-    under the attack; a sample misclassified clean counts as not robust)."""
+    under the attack; a sample misclassified clean counts as not robust), and the
+    gradient-masking counts over the attacked samples: ``zero_grad`` (input gradient
+    exactly zero at some step) and ``nonfinite`` (NaN/inf logits, loss or gradient)."""
 
     clean_accuracy: float
     rows: list = field(default_factory=list)
@@ -35,6 +43,12 @@ class RobustnessReport:
         for r in self.rows:
             eps = "-" if r["eps"] is None else f"{r['eps']:.4g}"
             lines.append((str(r["name"]), str(r["norm"]), eps, f"{r['robust_accuracy']:.4f}"))
+        masked = any(r.get("zero_grad") or r.get("nonfinite") for r in self.rows)
+        if masked:  # the counts only when there is something to see
+            header += ("zero grad", "non-finite")
+            lines[0] += ("-", "-")
+            for i, r in enumerate(self.rows, start=1):
+                lines[i] += (str(r.get("zero_grad", 0)), str(r.get("nonfinite", 0)))
         widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
         fmt = "  ".join(f"{{:<{w}}}" for w in widths)
         out = [fmt.format(*header), fmt.format(*("-" * w for w in widths))]
@@ -119,6 +133,7 @@ def robust_accuracy(model, data, attacks, *, batch_size: int = 256, device=None,
     device = torch.device(device) if device is not None else default_device(model)
     budgets = [_budgets(atk) for _, atk in named]
     robust = [[0] * len(b) for b in budgets]
+    masking = [[[0, 0] for _ in b] for b in budgets]  # per row: zero_grad, nonfinite
     n_seen = n_clean = 0
     try:
         total = len(loader.dataset)
@@ -135,23 +150,43 @@ def robust_accuracy(model, data, attacks, *, batch_size: int = 256, device=None,
             images, labels = images[correct], labels[correct]
             if labels.numel():
                 for i, (_, atk) in enumerate(named):
-                    for j, count in enumerate(_robust_counts(model, atk, budgets[i], images, labels)):
-                        robust[i][j] += count
+                    counts = _robust_counts(model, atk, budgets[i], images, labels)
+                    for j, (still, zero, bad) in enumerate(counts):
+                        robust[i][j] += still
+                        masking[i][j][0] += zero
+                        masking[i][j][1] += bad
             bar.update(int(correct.numel()))
             bar.set_postfix(clean=f"{n_clean / n_seen:.3f}")
     bar.close()
     if n_seen == 0:
         raise ValueError("data is empty")
     rows = []
-    for (name, atk), eps_list, counts in zip(named, budgets, robust):
-        for eps, count in zip(eps_list, counts):
+    for (name, atk), eps_list, counts, masks in zip(named, budgets, robust, masking):
+        for eps, count, (zero, bad) in zip(eps_list, counts, masks):
             rows.append({"name": name, "norm": atk.norm, "eps": None if eps is None else float(eps),
-                         "robust_accuracy": count / n_seen})
+                         "robust_accuracy": count / n_seen, "zero_grad": zero, "nonfinite": bad})
+    _warn_masking(rows, n_clean)
     return RobustnessReport(clean_accuracy=n_clean / n_seen, rows=rows, n_samples=n_seen)
 
 
+def _warn_masking(rows: list, attacked: int) -> None:
+    """One warning per call when any attacked sample had a zero or non-finite gradient."""
+    hit = [r for r in rows if r["zero_grad"] or r["nonfinite"]]
+    if not hit:
+        return
+    parts = []
+    for r in hit:
+        eps = "" if r["eps"] is None else f" eps={r['eps']:.4g}"
+        parts.append(f"{r['name']}{eps}: {r['zero_grad']} zero gradient, {r['nonfinite']} non-finite "
+                     f"logits/loss/gradient")
+    warnings.warn(f"robust_accuracy: of {attacked} attacked samples, " + "; ".join(parts)
+                  + ". Their robust accuracy is no evidence of robustness (gradient masking).",
+                  GradientMaskingWarning, stacklevel=3)
+
+
 def _robust_counts(model, atk: Attack, eps_list: list, images, labels) -> list:
-    """How many of (images, labels) stay correct under ``atk`` at each budget."""
+    """Per budget: (how many of (images, labels) stay correct under ``atk``, how many had a
+    zero input gradient, how many non-finite logits/loss/gradient), with one host read."""
     copies = len(eps_list)
     if isinstance(atk.eps, torch.Tensor):
         n = labels.shape[0]
@@ -159,10 +194,13 @@ def _robust_counts(model, atk: Attack, eps_list: list, images, labels) -> list:
         atk = atk.with_eps(eps)
         images = images.repeat(copies, *([1] * (images.dim() - 1)))
         labels = labels.repeat(copies)
-    adv = atk(images, labels)
+    # the attack without its final report pass: robust accuracy is computed just below
+    res = atk._run(images, labels, record_loss=False, report=False)
     with torch.no_grad():
-        still = logits_of(model, adv).argmax(dim=1) == labels
-    return still.reshape(copies, -1).sum(dim=1).tolist()
+        still = logits_of(model, res.adv).argmax(dim=1) == labels
+    flags = [torch.zeros_like(still) if f is None else f for f in (res.zero_grad, res.nonfinite)]
+    counts = torch.stack([still, *flags]).reshape(3, copies, -1).sum(dim=2)
+    return [tuple(c) for c in counts.t().tolist()]
 
 
 def _check_radius(radius, x: torch.Tensor) -> torch.Tensor:

@@ -31,6 +31,13 @@ class AttackResult:
     the attack's norm; ``first_success`` the number of updates after which the
     sample was first adversarial (0: already at the start) or -1 if never;
     ``loss_history`` the batch mean of that loss at every iterate (``record_loss``).
+
+    Gradient masking, per sample: ``zero_grad`` is True when the input gradient of the
+    sample was exactly zero at some step, ``nonfinite`` when its logits, loss or input
+    gradient were NaN or inf at some step (such a step leaves the sample where it was,
+    and a sample with non-finite logits is never a success). A sample with either flag
+    gave the attack nothing to follow: its failure is no evidence of robustness.
+    ``masked`` is their union.
     """
 
     adv: torch.Tensor
@@ -39,6 +46,15 @@ class AttackResult:
     norm: torch.Tensor
     first_success: torch.Tensor
     loss_history: list = field(default_factory=list)
+    zero_grad: torch.Tensor | None = None
+    nonfinite: torch.Tensor | None = None
+
+    @property
+    def masked(self) -> torch.Tensor | None:
+        """Samples whose gradient was zero or non-finite at some step."""
+        if self.zero_grad is None or self.nonfinite is None:
+            return None
+        return self.zero_grad | self.nonfinite
 
     @property
     def success_rate(self) -> float:
@@ -81,6 +97,16 @@ def clamp_box(x: torch.Tensor, bounds) -> torch.Tensor:
         return x
     lo, hi = _validate.bounds_in(lo, hi, x.dtype)  # inside the bounds in x's dtype too
     return x.clamp_(min=None if math.isinf(lo) else lo, max=None if math.isinf(hi) else hi)
+
+
+def _finite_grad(grad: torch.Tensor, logits: torch.Tensor, loss: torch.Tensor):
+    """(grad with the samples whose logits, loss or gradient are not finite zeroed, those
+    samples): a NaN step would turn the whole sample into NaN; a zero step leaves it."""
+    batch = grad.shape[0]
+    bad = ~(torch.isfinite(grad).reshape(batch, -1).all(dim=1) & torch.isfinite(logits).all(dim=1)
+            & torch.isfinite(loss))
+    keep = ~bad.reshape(-1, *([1] * (grad.dim() - 1)))
+    return torch.where(keep, grad, torch.zeros((), dtype=grad.dtype, device=grad.device)), bad
 
 
 class Attack:
@@ -131,8 +157,10 @@ class Attack:
         images, labels = self._check_inputs(images, labels)
         if images.shape[0] == 0:
             empty_b = images.new_zeros((0,))
-            return AttackResult(images.clone(), torch.zeros(0, dtype=torch.bool, device=images.device),
-                                empty_b, empty_b.clone(), torch.zeros(0, dtype=torch.int64, device=images.device))
+            no = torch.zeros(0, dtype=torch.bool, device=images.device)
+            return AttackResult(images.clone(), no, empty_b, empty_b.clone(),
+                                torch.zeros(0, dtype=torch.int64, device=images.device),
+                                zero_grad=no.clone(), nonfinite=no.clone())
         with eval_mode(self.model), torch.enable_grad():
             return self._attack(images, labels, record_loss, report)
 
@@ -196,6 +224,8 @@ class Attack:
         """
         batch = images.shape[0]
         first = torch.full((batch,), -1, dtype=torch.int64, device=images.device)
+        zero_grad = torch.zeros(batch, dtype=torch.bool, device=images.device)
+        nonfinite = torch.zeros(batch, dtype=torch.bool, device=images.device)
         history = []
         done_steps = steps
         for step in range(steps):
@@ -204,6 +234,9 @@ class Attack:
                 check_labels(labels, logits.shape[1])
             objective, ce = self._objective(images, x_adv, logits, labels)
             (grad,) = torch.autograd.grad(objective.mean() if mean_grad else objective.sum(), x_adv)
+            grad, bad = _finite_grad(grad, logits.detach(), ce.detach())
+            nonfinite |= bad
+            zero_grad |= ~bad & (grad.reshape(batch, -1) == 0).all(dim=1)
             success = self._success(logits.detach(), labels)
             first = torch.where(success & (first < 0), step, first)
             if record_loss:
@@ -220,15 +253,16 @@ class Attack:
                     x_adv.copy_(torch.where(done.reshape(-1, *([1] * (images.dim() - 1))), kept, x_adv))
         if not report:
             return AttackResult(adv=x_adv.detach().clone(), success=None, loss=None, norm=None,
-                                first_success=None)
+                                first_success=None, zero_grad=zero_grad, nonfinite=nonfinite)
         with torch.no_grad():
             adv = x_adv.detach()
             logits = logits_of(self.model, adv)
             _, ce = self._objective(images, adv, logits, labels)
             success = self._success(logits, labels)
+            nonfinite |= ~(torch.isfinite(logits).all(dim=1) & torch.isfinite(ce))
             first = torch.where(success & (first < 0), done_steps, first)
             if record_loss and done_steps == steps:
                 history.append(float(ce.mean()))
             return AttackResult(adv=adv.clone(), success=success, loss=ce.to(images.dtype),
                                 norm=sample_norms(adv - images, self.norm), first_success=first,
-                                loss_history=history)
+                                loss_history=history, zero_grad=zero_grad, nonfinite=nonfinite)
