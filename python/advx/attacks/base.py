@@ -66,12 +66,22 @@ def check_model(model) -> None:
         raise TypeError(f"model must be callable (an nn.Module), got {type(model).__name__}")
 
 
-def check_labels(labels: torch.Tensor, num_classes: int) -> None:
+def label_range(labels: torch.Tensor) -> tuple[int, int] | None:
+    """(min, max) of the labels, read once with the other input checks (outside the attack
+    steps, which must not sync); None for no labels."""
+    if labels.numel() == 0:
+        return None
+    lo, hi = torch.aminmax(labels)
+    return int(lo), int(hi)
+
+
+def check_labels(span: tuple[int, int] | None, num_classes: int) -> None:
     """Labels are class indices of the model's output: -100 (cross-entropy's ignore
-    index) or any other value outside [0, classes) would make a loss of 0 or garbage."""
-    if labels.numel() and bool(((labels < 0) | (labels >= num_classes)).any()):
+    index) or any other value outside [0, classes) would make a loss of 0 or garbage
+    (and on a GPU a device-side assert)."""
+    if span is not None and (span[0] < 0 or span[1] >= num_classes):
         raise ValueError(f"labels must lie in [0, {num_classes}) (the model returns {num_classes} classes), "
-                         f"got values in [{int(labels.min())}, {int(labels.max())}]")
+                         f"got values in [{span[0]}, {span[1]}]")
 
 
 def per_sample(value, x: torch.Tensor):
@@ -121,6 +131,7 @@ class Attack:
     name = "Attack"
     norm = "l2"
     eps = None
+    _label_span = None  # (min, max) of the current call's labels, set by _check_inputs
 
     def __init__(self, model, *, targeted: bool = False, bounds=(0.0, 1.0)):
         check_model(model)
@@ -196,6 +207,8 @@ class Attack:
                         f"normalized inputs in advx.Normalize), got range [{float(images.min())}, {float(images.max())}]")
         if isinstance(self.eps, torch.Tensor) and self.eps.dim() == 1 and self.eps.shape[0] != images.shape[0]:
             raise ValueError(f"eps has {self.eps.shape[0]} per-sample budgets but images has {images.shape[0]} samples")
+        # read here, with the other checks, for _loop's check against the model's classes
+        self._label_span = label_range(labels)
         return images.detach(), labels.detach().long()
 
     def _objective(self, images, x_adv, logits, labels) -> tuple[torch.Tensor, torch.Tensor]:
@@ -230,8 +243,8 @@ class Attack:
         done_steps = steps
         for step in range(steps):
             logits = logits_of(self.model, x_adv)
-            if step == 0:
-                check_labels(labels, logits.shape[1])
+            if step == 0:  # the range was read with the inputs: no host sync here
+                check_labels(self._label_span, logits.shape[1])
             objective, ce = self._objective(images, x_adv, logits, labels)
             (grad,) = torch.autograd.grad(objective.mean() if mean_grad else objective.sum(), x_adv)
             grad, bad = _finite_grad(grad, logits.detach(), ce.detach())
