@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from numbers import Integral, Real
 
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from ._runtime import default_device, eval_mode, generator, logits_of
@@ -194,11 +195,17 @@ def _robust_counts(model, atk: Attack, eps_list: list, images, labels) -> list:
         atk = atk.with_eps(eps)
         images = images.repeat(copies, *([1] * (images.dim() - 1)))
         labels = labels.repeat(copies)
-    # the attack without its final report pass: robust accuracy is computed just below
+    # the attack without its final report pass (its flags still cover every step):
+    # robust accuracy and the final non-finite check use the evaluated model's pass below
     res = atk._run(images, labels, record_loss=False, report=False)
     with torch.no_grad():
-        still = logits_of(model, res.adv).argmax(dim=1) == labels
+        logits = logits_of(model, res.adv)
+        still = logits.argmax(dim=1) == labels
+        ce = F.cross_entropy(logits if logits.dtype in (torch.float32, torch.float64) else logits.float(),
+                             labels, reduction="none")
+        final_bad = ~(torch.isfinite(logits).all(dim=1) & torch.isfinite(ce))
     flags = [torch.zeros_like(still) if f is None else f for f in (res.zero_grad, res.nonfinite)]
+    flags[1] = flags[1] | final_bad
     counts = torch.stack([still, *flags]).reshape(3, copies, -1).sum(dim=2)
     return [tuple(c) for c in counts.t().tolist()]
 

@@ -32,11 +32,13 @@ class AttackResult:
     sample was first adversarial (0: already at the start) or -1 if never;
     ``loss_history`` the batch mean of that loss at every iterate (``record_loss``).
 
-    Gradient masking, per sample: ``zero_grad`` is True when the input gradient of the
-    sample was exactly zero at some step, ``nonfinite`` when its logits, loss or input
-    gradient were NaN or inf at some step (such a step leaves the sample where it was,
-    and a sample with non-finite logits is never a success). A sample with either flag
-    gave the attack nothing to follow: its failure is no evidence of robustness.
+    Gradient masking, per sample (``[B]`` bool tensors on the images' device):
+    ``zero_grad`` is True when the input gradient of the sample was exactly zero (every
+    element) at some step, ``nonfinite`` when its logits, loss or input gradient were NaN
+    or inf at some step, or its logits or loss at the final evaluation pass (such a step
+    leaves the sample where it was, and a sample with non-finite logits is never a
+    success). A sample with either flag had a masked gradient, which gave the attack
+    nothing to follow: its success or failure is no evidence about its robustness.
     ``masked`` is their union.
     """
 
@@ -242,7 +244,9 @@ class Attack:
         history = []
         done_steps = steps
         for step in range(steps):
-            logits = logits_of(self.model, x_adv)
+            # x_adv may be kept in a wider dtype than the images (float32 for half-precision
+            # images): the model sees the images' dtype, a differentiable cast (no-op if equal)
+            logits = logits_of(self.model, x_adv.to(images.dtype))
             if step == 0:  # the range was read with the inputs: no host sync here
                 check_labels(self._label_span, logits.shape[1])
             objective, ce = self._objective(images, x_adv, logits, labels)
@@ -264,11 +268,12 @@ class Attack:
             if early_stop:
                 with torch.no_grad():
                     x_adv.copy_(torch.where(done.reshape(-1, *([1] * (images.dim() - 1))), kept, x_adv))
+        adv = x_adv.detach()
+        adv = adv.clone() if adv.dtype == images.dtype else adv.to(images.dtype)
         if not report:
-            return AttackResult(adv=x_adv.detach().clone(), success=None, loss=None, norm=None,
+            return AttackResult(adv=adv, success=None, loss=None, norm=None,
                                 first_success=None, zero_grad=zero_grad, nonfinite=nonfinite)
         with torch.no_grad():
-            adv = x_adv.detach()
             logits = logits_of(self.model, adv)
             _, ce = self._objective(images, adv, logits, labels)
             success = self._success(logits, labels)
@@ -276,6 +281,6 @@ class Attack:
             first = torch.where(success & (first < 0), done_steps, first)
             if record_loss and done_steps == steps:
                 history.append(float(ce.mean()))
-            return AttackResult(adv=adv.clone(), success=success, loss=ce.to(images.dtype),
+            return AttackResult(adv=adv, success=success, loss=ce.to(images.dtype),
                                 norm=sample_norms(adv - images, self.norm), first_success=first,
                                 loss_history=history, zero_grad=zero_grad, nonfinite=nonfinite)
