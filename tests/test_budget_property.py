@@ -74,7 +74,7 @@ class Linear(torch.nn.Module):
     def __init__(self, features, dtype, seed):
         super().__init__()
         gen = torch.Generator().manual_seed(seed)
-        self.weight = torch.nn.Parameter(torch.randn(3, features, generator=gen).to(dtype))
+        self.weight = torch.nn.Parameter(torch.randn(4, features, generator=gen).to(dtype))
 
     def forward(self, x):
         return x.flatten(1) @ self.weight.t()
@@ -87,6 +87,8 @@ ATTACKS = [
     ("pgd-momentum", lambda m, eps, norm, b: advx.attacks.PGD(m, eps, steps=3, norm=norm, bounds=b,
                                                               optimizer="momentum", seed=0)),
     ("fgsm", lambda m, eps, norm, b: advx.attacks.FGSM(m, eps, bounds=b)),
+    ("apgd", lambda m, eps, norm, b: advx.attacks.APGD(m, eps, norm, steps=4, bounds=b, seed=0)),
+    ("apgd-t", lambda m, eps, norm, b: advx.attacks.APGDT(m, eps, norm, steps=3, n_targets=2, bounds=b, seed=0)),
 ]
 
 
@@ -100,7 +102,7 @@ def test_attacks_stay_inside(name, make, case):
     gen = torch.Generator().manual_seed(seed)
     x = images_in(shape, bounds, dtype, gen)
     model = Linear(x[0].numel(), dtype, seed)
-    labels = torch.randint(0, 3, (shape[0],), generator=gen)
+    labels = torch.randint(0, 4, (shape[0],), generator=gen)
     eps_arg = eps if seed % 2 else torch.full((shape[0],), eps, dtype=torch.float64)
     res = make(model, eps_arg, norm, bounds).run(x, labels)
     assert_inside(res.adv, x, eps, norm, bounds)
@@ -113,7 +115,7 @@ def test_box_attacks_stay_in_bounds(case):
     gen = torch.Generator().manual_seed(seed)
     x = images_in(shape, bounds, dtype, gen)
     model = Linear(x[0].numel(), dtype, seed)
-    labels = torch.randint(0, 3, (shape[0],), generator=gen)
+    labels = torch.randint(0, 4, (shape[0],), generator=gen)
     for atk in (advx.attacks.GradientAscent(model, lr=0.7, steps=3, bounds=bounds),
                 advx.attacks.BoxConstrained(model, c=0.1, steps=3, lr=0.3, bounds=bounds)):
         assert_inside(atk(x, labels), x, None, "l2", bounds)

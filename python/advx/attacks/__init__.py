@@ -2,8 +2,10 @@
 ``res = atk.run(images, labels)`` for per-sample success, loss, norm and the step
 of first success. All of them run one loop (``base.Attack._loop``); the hot path
 is ``advx.ops.pgd_step_`` or an ``advx.optim`` optimizer with a fused constraint."""
+from .apgd import APGD, APGDT
 from .ascent import BoxConstrained, GradientAscent
 from .base import Attack, AttackResult
 from .pgd import FGSM, OPTIMIZERS, PGD
 
-__all__ = ["Attack", "AttackResult", "FGSM", "PGD", "GradientAscent", "BoxConstrained", "OPTIMIZERS"]
+__all__ = ["Attack", "AttackResult", "FGSM", "PGD", "APGD", "APGDT", "GradientAscent", "BoxConstrained",
+           "OPTIMIZERS"]

@@ -1,0 +1,264 @@
+"""APGD and APGD-T (Croce & Hein, ICML 2020): step-size-free PGD with momentum, the attacks
+at the head of AutoAttack's standard evaluation.
+
+Per sample: a random start in the ball; step size 2*eps; the momentum step
+``z = P(x + eta * step(g))``, ``x_new = P(x + a (z - x) + (1 - a)(x - x_prev))`` with
+a = 1 on the first iteration and 0.75 after; checkpoints after 22 % of the iterations,
+the gap shrinking by 3 % of them down to 6 %. At a checkpoint a sample halves its step
+and restarts from its best point if its loss increased in at most ``rho`` of the steps
+since the last checkpoint, or if its step was not halved last time and its best loss has
+not improved. Every decision is a tensor operation on the device: a run's iterations read
+nothing back to the host (between runs, the samples still robust are selected). P is the projection of ``advx.ops.pgd_step_`` (ball, then box, exact
+in the data's dtype). ``L1`` is not implemented yet.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .. import _validate, ops
+from .._runtime import generator, logits_of
+from .base import Attack, AttackResult, _finite_grad, check_labels, per_sample, sample_norms
+
+__all__ = ["APGD", "APGDT", "dlr_loss", "targeted_dlr_loss"]
+
+LOSSES = ("ce", "dlr")
+
+
+def dlr_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per sample, the difference-of-logits ratio to ascend: -(z_y - max_{i != y} z_i) /
+    (z_pi1 - z_pi3 + 1e-12), z sorted descending (z_pi1 the largest). Needs >= 3 classes."""
+    top, order = logits.sort(dim=1, descending=True)
+    z_y = logits.gather(1, labels[:, None])[:, 0]
+    best_other = torch.where(order[:, 0] == labels, top[:, 1], top[:, 0])
+    return -(z_y - best_other) / (top[:, 0] - top[:, 2] + 1e-12)
+
+
+def targeted_dlr_loss(logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per sample, -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2 + 1e-12). Needs >= 4 classes."""
+    top, _ = logits.sort(dim=1, descending=True)
+    z_y = logits.gather(1, labels[:, None])[:, 0]
+    z_t = logits.gather(1, targets[:, None])[:, 0]
+    return -(z_y - z_t) / (top[:, 0] - 0.5 * (top[:, 2] + top[:, 3]) + 1e-12)
+
+
+def _checkpoints(steps: int) -> list[int]:
+    """The iterations after which the step sizes are checked: first after 22 % of the
+    steps, the gap then shrinking by 3 % of the steps, never below 6 %."""
+    gap, smallest, shrink = max(int(0.22 * steps), 1), max(int(0.06 * steps), 1), max(int(0.03 * steps), 1)
+    out, at = [], gap - 1
+    while at < steps:
+        out.append(at)
+        gap = max(gap - shrink, smallest)
+        at += gap
+    return out
+
+
+class APGD(Attack):
+    """Auto-PGD: ``APGD(model, eps, norm="linf", steps=100, loss="ce", restarts=1, rho=0.75)``.
+
+    ``loss``: "ce" (cross-entropy) or "dlr" (difference of logits ratio, scale-invariant;
+    needs >= 3 classes). ``eps`` may be a [B] tensor. Each restart runs on the samples not
+    yet fooled; the result holds, per sample, the first adversarial point found (else the
+    point of highest loss).
+    """
+
+    name = "APGD"
+
+    def __init__(self, model, eps, norm: str = "linf", steps: int = 100, loss: str = "ce", restarts: int = 1,
+                 rho: float = 0.75, *, seed=None, bounds=(0.0, 1.0), targeted: bool = False):
+        super().__init__(model, targeted=targeted, bounds=bounds)
+        if targeted:
+            raise ValueError("APGD is untargeted; APGDT is its targeted form")
+        self.eps = _validate.budget(eps, "eps")
+        self.norm = _validate.norm(norm)
+        self.steps = _validate.steps(steps)
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+        self.loss = loss
+        self.restarts = _validate.steps(restarts)
+        if not 0.0 < float(rho) <= 1.0:
+            raise ValueError(f"rho must lie in (0, 1], got {rho}")
+        self.rho = float(rho)
+        self.seed = _validate.seed(seed)
+        self.name = f"APGD-{loss.upper()}"
+
+    # -- the per-sample objective -----------------------------------------------------
+
+    def _loss(self, logits, labels, targets):
+        if logits.dtype not in (torch.float32, torch.float64):
+            logits = logits.float()
+        if self.loss == "dlr":
+            if logits.shape[1] < 3:
+                raise ValueError(f"loss='dlr' needs at least 3 classes, the model returns {logits.shape[1]}")
+            return dlr_loss(logits, labels)
+        return F.cross_entropy(logits, labels, reduction="none")
+
+    def _gradient(self, x_adv, labels, targets):
+        """(logits, per-sample loss, gradient with non-finite samples zeroed, non-finite flags)."""
+        x_adv = x_adv.detach().requires_grad_(True)
+        with torch.enable_grad():
+            logits = logits_of(self.model, x_adv)
+            loss = self._loss(logits, labels, targets)
+            (grad,) = torch.autograd.grad(loss.sum(), x_adv)
+        grad, bad = _finite_grad(grad, logits.detach(), loss.detach())
+        return logits.detach(), loss.detach(), grad, bad
+
+    # -- one run ------------------------------------------------------------------------
+
+    def _single_run(self, x, labels, eps, targets, gen):
+        """One APGD run on (x, labels): (best-loss point, ever fooled, first fooled point,
+        its iteration (-1: never), zero-gradient and non-finite flags)."""
+        batch, dims = x.shape[0], x.dim() - 1
+        col = (-1,) + (1,) * dims
+        eps_b = _validate.budget_tensor(eps, "eps", x)  # rounded toward zero, as the kernels read it
+        eps_x = eps_b.to(x.dtype).reshape(col)
+        if self.norm == "linf":
+            t = 2 * torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype) - 1
+            start = x + eps_x * t / t.reshape(batch, -1).abs().amax(dim=1).reshape(col)
+        else:
+            t = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+            start = x + eps_x * t / (sample_norms(t, "l2").reshape(col) + 1e-12)
+        zero = torch.zeros_like(x)
+
+        def project(v):  # P: the ball around x, then the box, exact in x's dtype
+            return ops.pgd_step_(v, zero, x, eps_b, eps_b, self.norm, self.bounds)
+
+        x_adv = project(start.contiguous())
+        step = (2.0 * eps_b).reshape(col).to(x.dtype)
+        logits, loss, grad, nonfinite = self._gradient(x_adv, labels, targets)
+        zero_grad = ~nonfinite & (grad.reshape(batch, -1) == 0).all(dim=1)
+        fooled = logits.argmax(dim=1) != labels
+        fooled &= torch.isfinite(logits).all(dim=1)
+        best_fooled = x_adv.clone()
+        x_best, grad_best, loss_best = x_adv.clone(), grad.clone(), loss.clone()
+        loss_steps = torch.zeros((self.steps, batch), device=x.device, dtype=loss.dtype)
+        checkpoints = set(_checkpoints(self.steps))
+        last_check = 0
+        loss_best_last_check = loss_best.clone()
+        reduced_last_check = torch.ones(batch, dtype=torch.bool, device=x.device)
+        x_prev = x_adv.clone()
+        first = torch.where(fooled, 0, -1)
+        for i in range(self.steps):
+            a = 1.0 if i == 0 else 0.75
+            momentum = x_adv - x_prev
+            x_prev = x_adv
+            if self.norm == "linf":
+                direction = grad.sign()
+            else:
+                direction = grad / (sample_norms(grad, "l2").reshape(col) + 1e-12)
+            z = project((x_adv + step * direction).contiguous())
+            x_adv = project(x_adv + a * (z - x_adv) + (1 - a) * momentum)
+            logits, loss, grad, bad = self._gradient(x_adv, labels, targets)
+            nonfinite |= bad
+            zero_grad |= ~bad & (grad.reshape(batch, -1) == 0).all(dim=1)
+            now = (logits.argmax(dim=1) != labels) & torch.isfinite(logits).all(dim=1)
+            newly = now & ~fooled
+            best_fooled = torch.where(newly.reshape(col), x_adv, best_fooled)
+            first = torch.where(newly, i + 1, first)
+            fooled |= now
+            loss_steps[i] = loss
+            better = (loss > loss_best).reshape(col)
+            x_best = torch.where(better, x_adv, x_best)
+            grad_best = torch.where(better, grad, grad_best)
+            loss_best = torch.maximum(loss_best, torch.nan_to_num(loss, nan=-torch.inf))
+            if i in checkpoints:
+                k = i - last_check + 1  # the gap that led here
+                # the loss rose in at most rho of the last k steps (loss_steps[-1] is 0 until
+                # the last step is written, as in the reference implementation)
+                rises = sum((loss_steps[i - j] > loss_steps[i - j - 1]) for j in range(k))
+                oscillating = rises <= k * self.rho
+                stalled = ~reduced_last_check & (loss_best_last_check >= loss_best)
+                halve = oscillating | stalled
+                reduced_last_check = halve
+                loss_best_last_check = loss_best.clone()
+                h = halve.reshape(col)
+                step = torch.where(h, step / 2, step)
+                x_adv = torch.where(h, x_best, x_adv)
+                grad = torch.where(h, grad_best, grad)
+                last_check = i + 1
+        return x_best, fooled, best_fooled, first, zero_grad, nonfinite
+
+    def _targets_of(self, clean_logits, labels):
+        return [None]
+
+    def _attack(self, images, labels, record_loss, report=True) -> AttackResult:
+        eps = self.eps.to(images.device) if isinstance(self.eps, torch.Tensor) else self.eps
+        batch = images.shape[0]
+        gen = generator(self.seed, images.device)
+        with torch.no_grad():
+            clean_logits = logits_of(self.model, images)
+        check_labels(self._label_span, clean_logits.shape[1])
+        adv = images.clone()
+        fooled = (clean_logits.argmax(dim=1) != labels) & torch.isfinite(clean_logits).all(dim=1)
+        best_loss_point = images.clone()
+        zero_grad = torch.zeros(batch, dtype=torch.bool, device=images.device)
+        nonfinite = ~torch.isfinite(clean_logits).all(dim=1)
+        first = torch.where(fooled, 0, -1)
+        done = 0  # iterations of the runs before this one
+        col = (-1,) + (1,) * (images.dim() - 1)
+        # each run attacks only the samples not fooled yet (one host read per run, none
+        # inside a run's iterations)
+        for targets in self._targets_of(clean_logits, labels):
+            for _ in range(self.restarts):
+                left = (~fooled).nonzero()[:, 0]
+                if left.numel() == 0:
+                    break
+                sub_eps = eps[left] if isinstance(eps, torch.Tensor) and eps.dim() == 1 else eps
+                sub_targets = None if targets is None else targets[left]
+                x_best, now, first_fooled, at, zg, nf = self._single_run(
+                    images[left], labels[left], sub_eps, sub_targets, gen)
+                adv[left] = torch.where(now.reshape(col), first_fooled, adv[left])
+                best_loss_point[left] = x_best
+                first[left] = torch.where(now, done + at, first[left])
+                fooled[left] = now
+                zero_grad[left] |= zg
+                nonfinite[left] |= nf
+                done += self.steps
+        # a sample never fooled returns its highest-loss point (inside the budget too)
+        adv = torch.where(fooled.reshape(col), adv, best_loss_point)
+        if not report:
+            return AttackResult(adv=adv, success=None, loss=None, norm=None, first_success=None,
+                                zero_grad=zero_grad, nonfinite=nonfinite)
+        with torch.no_grad():
+            logits = logits_of(self.model, adv)
+            ce = F.cross_entropy(logits.float() if logits.dtype not in (torch.float32, torch.float64) else logits,
+                                 labels, reduction="none")
+            success = self._success(logits, labels)
+            nonfinite |= ~torch.isfinite(logits).all(dim=1)
+        first = torch.where(success, first.clamp_min(0), -1)  # iterations over all runs
+        return AttackResult(adv=adv, success=success, loss=ce.to(images.dtype), norm=sample_norms(adv - images, self.norm),
+                            first_success=first, zero_grad=zero_grad, nonfinite=nonfinite)
+
+
+class APGDT(APGD):
+    """Targeted APGD with the targeted DLR loss, untargeted in effect: ``labels`` are the
+    true labels; for each of the ``n_targets`` highest-scoring wrong classes on the clean
+    input, one APGD run toward it (needs >= 4 classes; fewer targets when the model has
+    fewer than n_targets + 1 classes). A sample counts as fooled once any run fools it."""
+
+    name = "APGD-T"
+
+    def __init__(self, model, eps, norm: str = "linf", steps: int = 100, n_targets: int = 9, restarts: int = 1,
+                 rho: float = 0.75, *, seed=None, bounds=(0.0, 1.0)):
+        super().__init__(model, eps, norm=norm, steps=steps, loss="dlr", restarts=restarts, rho=rho, seed=seed,
+                         bounds=bounds)
+        self.n_targets = _validate.steps(n_targets)
+        self.name = "APGD-T"
+
+    def _loss(self, logits, labels, targets):
+        if logits.dtype not in (torch.float32, torch.float64):
+            logits = logits.float()
+        if logits.shape[1] < 4:
+            raise ValueError(f"APGD-T's targeted DLR loss needs at least 4 classes, the model returns {logits.shape[1]}")
+        return targeted_dlr_loss(logits, labels, targets)
+
+    def _targets_of(self, clean_logits, labels):
+        if clean_logits.shape[1] < 4:
+            raise ValueError(f"APGD-T's targeted DLR loss needs at least 4 classes, the model returns "
+                             f"{clean_logits.shape[1]}")
+        order = clean_logits.argsort(dim=1, descending=True)
+        count = min(self.n_targets, clean_logits.shape[1] - 1)
+        # the k-th highest-scoring class other than the label (as the reference: sorted
+        # clean logits, position k + 1 from the top, which skips a top-1 correct label)
+        return [order[:, k] for k in range(1, count + 1)]

@@ -1,0 +1,122 @@
+"""APGD and APGD-T: strength against torchattacks 3.5.1 on the digits CNN (same steps,
+restarts and seed), the checkpoint schedule, the DLR losses, budgets and bad input."""
+import pytest
+import torch
+
+import advx
+from advx.attacks import APGD, APGDT
+from advx.attacks.apgd import _checkpoints, dlr_loss, targeted_dlr_loss
+from advx.data import load_digits
+from advx.models import train_digits_cnn
+
+from _attack_models import images, predicted, small_cnn
+
+
+@pytest.fixture(scope="module")
+def digits(digits_cache_dir):
+    model = train_digits_cnn(digits_cache_dir).eval()
+    split = load_digits()
+    return model, split.test_images[:200], split.test_labels[:200]
+
+
+def robust(model, adv, y):
+    with torch.no_grad():
+        return float((model(adv).argmax(1) == y).float().mean())
+
+
+@pytest.mark.parametrize("norm,eps", [("linf", 0.1), ("l2", 1.0)])
+def test_apgd_ce_as_strong_as_torchattacks(digits, norm, eps):
+    torchattacks = pytest.importorskip("torchattacks")
+    model, x, y = digits
+    ours = APGD(model, eps, norm, steps=100, seed=0)(x, y)
+    theirs = torchattacks.APGD(model, norm="Linf" if norm == "linf" else "L2", eps=eps, steps=100, n_restarts=1,
+                               seed=0, loss="ce")(x, y)
+    assert robust(model, ours, y) <= robust(model, theirs, y) + 0.01
+
+
+def test_apgd_t_as_strong_as_torchattacks(digits):
+    torchattacks = pytest.importorskip("torchattacks")
+    model, x, y = digits
+    ours = APGDT(model, 0.1, "linf", steps=100, seed=0)(x, y)
+    theirs = torchattacks.APGDT(model, norm="Linf", eps=0.1, steps=100, n_restarts=1, seed=0)(x, y)
+    assert robust(model, ours, y) <= robust(model, theirs, y) + 0.01
+
+
+def test_apgd_beats_or_matches_pgd(digits):
+    model, x, y = digits
+    pgd = advx.attacks.PGD(model, 0.1, steps=20, seed=0)(x, y)
+    apgd = APGD(model, 0.1, steps=20, seed=0)(x, y)
+    assert robust(model, apgd, y) <= robust(model, pgd, y) + 0.01
+
+
+def test_checkpoint_schedule_is_the_published_one():
+    # the reference's counters: first check after 22 % of the steps, then the gap
+    # shrinks by 3 % of the steps down to 6 %
+    def reference(n):
+        k, k_min, decr, counter, out = max(int(0.22 * n), 1), max(int(0.06 * n), 1), max(int(0.03 * n), 1), 0, []
+        for i in range(n):
+            counter += 1
+            if counter == k:
+                out.append(i)
+                counter = 0
+                k = max(k - decr, k_min)
+        return out
+
+    for n in (1, 2, 5, 10, 37, 100, 1000):
+        assert _checkpoints(n) == reference(n), n
+
+
+def test_dlr_losses():
+    logits = torch.tensor([[3.0, 1.0, 0.5, 0.0], [0.2, 2.0, 1.0, -1.0]])
+    labels = torch.tensor([0, 0])
+    # sample 0: correct, z_y - max_other = 2, denominator z1 - z3 = 3 - 0.5
+    # sample 1: wrong, z_y - max_other = 0.2 - 2, denominator 2 - 0.2
+    want = torch.tensor([-2.0 / 2.5, 1.8 / 1.8])
+    torch.testing.assert_close(dlr_loss(logits, labels), want)
+    targets = torch.tensor([1, 2])
+    want_t = torch.tensor([-(3.0 - 1.0) / (3.0 - 0.25), -(0.2 - 1.0) / (2.0 - (0.2 - 1.0) / 2)])
+    torch.testing.assert_close(targeted_dlr_loss(logits, labels, targets), want_t)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_inside_budget_and_box_with_per_sample_eps(norm, dtype):
+    model = small_cnn(dtype=dtype)
+    x = images(6, dtype=dtype)
+    y = predicted(model, x)
+    eps = torch.tensor([0.02, 0.05, 0.1, 0.2, 0.3, 0.5], dtype=torch.float64)
+    for atk in (APGD(model, eps, norm, steps=8, seed=0), APGDT(model, eps, norm, steps=8, n_targets=3, seed=0)):
+        res = atk.run(x, y)
+        d = (res.adv.double() - x.double()).flatten(1)
+        size = d.abs().amax(1) if norm == "linf" else d.norm(dim=1)
+        assert bool((size <= eps).all())
+        assert res.adv.min() >= 0 and res.adv.max() <= 1 and res.adv.dtype == dtype
+        assert res.success.shape == (6,) and not res.nonfinite.any()
+
+
+def test_first_success_and_flags():
+    model = small_cnn()
+    x = images(8)
+    y = predicted(model, x)
+    res = APGD(model, 0.3, steps=10, seed=0, restarts=2).run(x, y)
+    assert torch.equal(res.success, res.first_success >= 0)
+    assert int(res.first_success.max()) <= 20
+
+
+def test_bad_input():
+    model = small_cnn(classes=3)
+    x = images(4)
+    y = torch.zeros(4, dtype=torch.long)
+    APGD(model, 0.1, steps=2, loss="dlr")(x, y)  # 3 classes are enough for DLR
+    with pytest.raises(ValueError, match="needs at least 4 classes"):
+        APGDT(model, 0.1, steps=2)(x, y)
+    with pytest.raises(ValueError, match="loss='dlr' needs at least 3 classes"):
+        APGD(small_cnn(classes=2), 0.1, steps=2, loss="dlr")(x, y)
+    with pytest.raises(ValueError, match="loss must be one of"):
+        APGD(model, 0.1, loss="cw")
+    with pytest.raises(ValueError, match="rho"):
+        APGD(model, 0.1, rho=1.5)
+    with pytest.raises(ValueError, match="norm must be one of"):
+        APGD(model, 0.1, norm="l1")
+    with pytest.raises(ValueError, match="labels must lie"):
+        APGD(model, 0.1, steps=2)(x, torch.full((4,), 3))
