@@ -14,10 +14,15 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from ._runtime import default_device, eval_mode, generator, logits_of
 from .attacks import Attack
 
-__all__ = ["RobustnessReport", "GradientMaskingWarning", "robust_accuracy", "random_sphere"]
+__all__ = ["RobustnessReport", "EvaluationWarning", "GradientMaskingWarning", "robust_accuracy", "random_sphere", "Evaluation", "evaluate",
+           "EVAL_ATTACKS"]
 
 
-class GradientMaskingWarning(UserWarning):
+class EvaluationWarning(UserWarning):
+    """A property of the model or the run that changes what the numbers mean."""
+
+
+class GradientMaskingWarning(EvaluationWarning):
     """Some attacked samples had a zero or non-finite input gradient: the attack had
     nothing to follow there, and their robust accuracy is no evidence of robustness."""
 
@@ -263,3 +268,185 @@ def random_sphere(model, x: torch.Tensor, radius, *, n: int = 1000, labels=None,
             changed.index_add_(0, sample, flipped.double())
     return (changed / n).to(torch.float32)
 
+
+
+# -- the worst-case evaluation -------------------------------------------------------------
+
+EVAL_ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "pgd", "fgsm")
+DEFAULT_EVAL_ATTACKS = ("apgd-ce", "apgd-t")
+
+
+@dataclass
+class Evaluation:
+    """The worst case over a cascade of attacks, per sample, in dataset order.
+
+    ``clean`` [N] bool: classified correctly. ``robust`` [N] bool: correct and not fooled
+    by any attack. ``fooled_by`` [N] int: index into ``attacks`` of the attack that fooled
+    the sample first (-1: never fooled, or not clean). ``distance`` [N] float: the size of
+    the perturbation that fooled it, in ``norm`` (NaN where none). ``after_attack``: the
+    robust accuracy after each attack of the cascade, in order. ``zero_grad`` /
+    ``nonfinite`` count attacked samples with a masked gradient (see AttackResult);
+    ``warnings`` are the one-line checks a reader of the numbers must see.
+    """
+
+    attacks: list
+    norm: str
+    eps: float
+    clean: torch.Tensor
+    robust: torch.Tensor
+    fooled_by: torch.Tensor
+    distance: torch.Tensor
+    after_attack: list
+    zero_grad: int = 0
+    nonfinite: int = 0
+    warnings: list = field(default_factory=list)
+
+    @property
+    def clean_accuracy(self) -> float:
+        return float(self.clean.float().mean()) if self.clean.numel() else float("nan")
+
+    @property
+    def robust_accuracy(self) -> float:
+        return float(self.robust.float().mean()) if self.robust.numel() else float("nan")
+
+    def to_dict(self) -> dict:
+        return {
+            "n_samples": int(self.clean.numel()), "norm": self.norm, "eps": self.eps, "attacks": list(self.attacks),
+            "clean_accuracy": self.clean_accuracy, "robust_accuracy": self.robust_accuracy,
+            "after_attack": [{"attack": a, "robust_accuracy": r} for a, r in zip(self.attacks, self.after_attack)],
+            "zero_grad": self.zero_grad, "nonfinite": self.nonfinite, "warnings": list(self.warnings),
+            "per_sample": [{"clean": c, "robust": r, "fooled_by": f, "distance": None if d != d else d}
+                           for c, r, f, d in zip(self.clean.tolist(), self.robust.tolist(),
+                                                 self.fooled_by.tolist(), self.distance.tolist())],
+        }
+
+    def __str__(self) -> str:
+        lines = [f"clean accuracy   {self.clean_accuracy:.4f}"]
+        for a, r in zip(self.attacks, self.after_attack):
+            lines.append(f"after {a:<10} {r:.4f}")
+        lines.append(f"robust accuracy  {self.robust_accuracy:.4f}  ({self.norm}, eps={self.eps:.4g}, "
+                     f"{self.clean.numel()} samples, worst case over {len(self.attacks)} attacks)")
+        lines += [f"warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+
+def _eval_attack(spec, model, eps: float, norm: str, seed) -> tuple[str, Attack]:
+    """A named attack of the cascade at (eps, norm), or an attack object as given."""
+    from .attacks import APGD, APGDT, FGSM, PGD
+
+    if isinstance(spec, Attack):
+        return spec.name, spec
+    makers = {
+        "apgd-ce": lambda: APGD(model, eps, norm, steps=100, loss="ce", seed=seed),
+        "apgd-dlr": lambda: APGD(model, eps, norm, steps=100, loss="dlr", seed=seed),
+        "apgd-t": lambda: APGDT(model, eps, norm, steps=100, seed=seed),
+        "pgd": lambda: PGD(model, eps, steps=50, norm=norm, seed=seed),
+        "fgsm": lambda: FGSM(model, eps),
+    }
+    if spec not in makers:
+        raise ValueError(f"attacks must hold attack objects or names from {EVAL_ATTACKS}, got {spec!r}")
+    if spec == "fgsm" and norm != "linf":
+        raise ValueError("fgsm is an L-inf attack; use 'pgd' or 'apgd-ce' for norm='l2'")
+    return spec, makers[spec]()
+
+
+def _model_checks(model, images: torch.Tensor, logits: torch.Tensor) -> list:
+    """AutoAttack users' checks on one batch: randomness, probabilities instead of logits."""
+    found = []
+    with torch.no_grad():
+        again = logits_of(model, images)
+    if not torch.equal(torch.nan_to_num(again), torch.nan_to_num(logits)):
+        found.append("the model's outputs change between two identical forward passes (randomness: "
+                     "dropout in train mode, stochastic layers); the attack numbers do not mean what they seem")
+    rows = logits.float()
+    if logits.shape[1] > 1 and bool(((rows >= 0) & (rows <= 1)).all()) and \
+            bool(torch.allclose(rows.sum(dim=1), torch.ones_like(rows[:, 0]), atol=1e-4)):
+        found.append("the model's outputs look like probabilities (rows in [0, 1] summing to 1): "
+                     "pass logits, or the losses saturate and gradients vanish")
+    return found
+
+
+def evaluate(model, data, eps, norm: str = "linf", attacks=DEFAULT_EVAL_ATTACKS, *, batch_size: int = 256,
+             seed=0, device=None, progress: bool = True) -> Evaluation:
+    """Robust accuracy as the worst case over a cascade of attacks, AutoAttack style.
+
+    Clean accuracy first; then each attack in ``attacks`` runs only on the samples still
+    robust, and a sample counts as robust only if no attack fooled it. ``attacks``: names
+    from ``EVAL_ATTACKS`` ("apgd-ce", "apgd-dlr", "apgd-t" at 100 steps, "pgd" at 50,
+    "fgsm") or attack objects (their own eps and norm). ``data`` as in robust_accuracy.
+    """
+    from . import _validate
+
+    eps = _validate.positive(eps, "eps")
+    norm = _validate.norm(norm)
+    batch_size = _check_batch_size(batch_size)
+    if isinstance(attacks, (str, Attack)):
+        attacks = [attacks]
+    named = [_eval_attack(a, model, eps, norm, seed) for a in attacks]
+    if not named:
+        raise ValueError("attacks is empty")
+    for name, atk in named:
+        if atk.targeted:
+            raise ValueError(f"attack {name} is targeted; the evaluation needs untargeted attacks")
+    loader = _loader(data, batch_size)
+    device = torch.device(device) if device is not None else default_device(model)
+    clean, robust, fooled_by, distance = [], [], [], []
+    zero = bad = 0
+    notes: list = []
+    try:
+        total = len(loader.dataset)
+    except (TypeError, AttributeError):
+        total = None
+    bar = _progress_bar(total, progress)
+    with eval_mode(model):
+        for batch in loader:
+            x, y = batch[0].to(device), batch[1].to(device).long()
+            with torch.no_grad():
+                logits = logits_of(model, x)
+            if not notes:
+                notes = _model_checks(model, x, logits)
+            ok = (logits.argmax(dim=1) == y) & torch.isfinite(logits).all(dim=1)
+            still = ok.clone()
+            by = torch.full_like(y, -1)
+            dist = torch.full((y.shape[0],), float("nan"), device=device, dtype=torch.float64)
+            for j, (_, atk) in enumerate(named):
+                idx = still.nonzero()[:, 0]
+                if idx.numel() == 0:
+                    break
+                res = atk._run(x[idx], y[idx], record_loss=False, report=False)
+                with torch.no_grad():
+                    out = logits_of(model, res.adv)
+                fooled = (out.argmax(dim=1) != y[idx]) & torch.isfinite(out).all(dim=1)
+                hit = idx[fooled]
+                by[hit] = j
+                size = (res.adv.double() - x[idx].double()).reshape(idx.numel(), -1)
+                size = size.abs().amax(dim=1) if atk.norm == "linf" else torch.linalg.vector_norm(size, dim=1)
+                dist[hit] = size[fooled]
+                still[hit] = False
+                flags = torch.stack([res.zero_grad if res.zero_grad is not None else torch.zeros_like(fooled),
+                                     res.nonfinite if res.nonfinite is not None else torch.zeros_like(fooled)])
+                z, b = flags.sum(dim=1).tolist()
+                zero, bad = zero + z, bad + b
+            clean.append(ok.cpu())
+            robust.append(still.cpu())
+            fooled_by.append(by.cpu())
+            distance.append(dist.cpu())
+            bar.update(int(y.numel()))
+    bar.close()
+    if not clean:
+        raise ValueError("data is empty")
+    clean_t, robust_t, by_t = torch.cat(clean), torch.cat(robust), torch.cat(fooled_by)
+    n = clean_t.numel()
+    after = []
+    for j in range(len(named)):
+        fooled_so_far = (by_t >= 0) & (by_t <= j)
+        after.append(float((clean_t & ~fooled_so_far).float().sum()) / n)
+    for note in notes:
+        warnings.warn(f"evaluate: {note}", EvaluationWarning, stacklevel=2)
+    if zero or bad:
+        notes.append(f"{zero} attacked sample-runs had a zero input gradient and {bad} non-finite logits, loss "
+                     "or gradient: their robustness is no evidence (gradient masking)")
+        warnings.warn(f"evaluate: {notes[-1]}", GradientMaskingWarning, stacklevel=2)
+    return Evaluation(attacks=[name for name, _ in named], norm=norm, eps=float(eps), clean=clean_t, robust=robust_t,
+                      fooled_by=by_t, distance=torch.cat(distance), after_attack=after, zero_grad=int(zero),
+                      nonfinite=int(bad), warnings=notes)

@@ -1,0 +1,102 @@
+"""advx.eval.evaluate: the worst case over a cascade of attacks, per sample."""
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from advx.attacks import APGD, APGDT, PGD
+from advx.data import load_digits
+from advx.eval import EvaluationWarning, evaluate
+from advx.models import train_digits_cnn
+
+from _attack_models import images, predicted, small_cnn
+
+
+@pytest.fixture(scope="module")
+def digits(digits_cache_dir):
+    model = train_digits_cnn(digits_cache_dir).eval()
+    split = load_digits()
+    return model, split.test_images[:120], split.test_labels[:120]
+
+
+def cascade(model):
+    return [APGD(model, 0.1, steps=10, seed=0), APGDT(model, 0.1, steps=10, n_targets=3, seed=0)]
+
+
+def test_worst_case_is_never_weaker_than_its_attacks(digits):
+    model, x, y = digits
+    ev = evaluate(model, (x, y), 0.1, attacks=cascade(model), batch_size=50, progress=False)
+    for atk in cascade(model):
+        alone = evaluate(model, (x, y), 0.1, attacks=[atk], batch_size=50, progress=False)
+        assert ev.robust_accuracy <= alone.robust_accuracy + 1e-9
+    assert ev.robust_accuracy < ev.clean_accuracy
+
+
+def test_per_sample_fields_are_consistent(digits):
+    model, x, y = digits
+    ev = evaluate(model, (x, y), 0.1, attacks=cascade(model), batch_size=50, progress=False)
+    n = x.shape[0]
+    assert ev.clean.shape == ev.robust.shape == ev.fooled_by.shape == ev.distance.shape == (n,)
+    with torch.no_grad():
+        assert torch.equal(ev.clean, model(x).argmax(1) == y)
+    assert not (ev.robust & ~ev.clean).any()
+    fooled = ev.fooled_by >= 0
+    assert torch.equal(fooled, ev.clean & ~ev.robust)
+    assert bool((ev.distance[fooled] <= 0.1).all()) and bool(ev.distance[~fooled].isnan().all())
+    assert all(a >= b for a, b in zip(ev.after_attack, ev.after_attack[1:]))
+    assert ev.after_attack[-1] == pytest.approx(ev.robust_accuracy)
+    d = json.loads(json.dumps(ev.to_dict()))
+    assert len(d["per_sample"]) == n and d["attacks"] == ev.attacks
+    assert "robust accuracy" in str(ev)
+
+
+def test_names_make_the_standard_attacks():
+    model = small_cnn()
+    x = images(6)
+    ev = evaluate(model, (x, predicted(model, x)), 0.05, attacks=("fgsm", "pgd"), progress=False)
+    assert ev.attacks == ["fgsm", "pgd"] and ev.clean_accuracy == 1.0
+    with pytest.raises(ValueError, match="attacks must hold"):
+        evaluate(model, (x, predicted(model, x)), 0.05, attacks=("square-x",), progress=False)
+    with pytest.raises(ValueError, match="fgsm is an L-inf attack"):
+        evaluate(model, (x, predicted(model, x)), 0.5, norm="l2", attacks=("fgsm",), progress=False)
+
+
+class Noisy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inner = small_cnn()
+
+    def forward(self, x):
+        return self.inner(x) + 0.1 * torch.randn(x.shape[0], 10)
+
+
+class Softmax(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inner = small_cnn()
+
+    def forward(self, x):
+        return self.inner(x).softmax(dim=1)
+
+
+@pytest.mark.parametrize("model,match", [(Noisy(), "change between two identical forward passes"),
+                                         (Softmax(), "look like probabilities")])
+def test_model_checks_warn(model, match):
+    x = images(4)
+    with pytest.warns(EvaluationWarning, match=match) as caught:
+        ev = evaluate(model, (x, predicted(model, x)), 0.05, attacks=("fgsm",), progress=False)
+    assert any(match in w for w in ev.warnings)
+    assert len([w for w in caught if match in str(w.message)]) == 1
+
+
+def test_no_warning_for_a_healthy_model():
+    import warnings
+
+    model = small_cnn()
+    x = images(8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ev = evaluate(model, (x, predicted(model, x)), 0.05, attacks=("fgsm", "pgd"), progress=False)
+    assert ev.warnings == [] and not math.isnan(ev.robust_accuracy)
