@@ -88,6 +88,7 @@ ATTACKS = [
                                                               optimizer="momentum", seed=0)),
     ("fgsm", lambda m, eps, norm, b: advx.attacks.FGSM(m, eps, bounds=b)),
     ("apgd", lambda m, eps, norm, b: advx.attacks.APGD(m, eps, norm, steps=4, bounds=b, seed=0)),
+    ("square", lambda m, eps, norm, b: advx.attacks.Square(m, eps, "linf", queries=20, seed=0, bounds=b)),
     ("apgd-t", lambda m, eps, norm, b: advx.attacks.APGDT(m, eps, norm, steps=3, n_targets=2, bounds=b, seed=0)),
 ]
 
@@ -97,8 +98,10 @@ ATTACKS = [
 @given(case=cases())
 def test_attacks_stay_inside(name, make, case):
     dtype, shape, norm, eps, bounds, seed = case
-    if name == "fgsm":
+    if name in ("fgsm", "square"):
         norm = "linf"
+    if name == "square":
+        shape = (shape[0], 1, 3, shape[-1])  # [B, C, H, W]
     gen = torch.Generator().manual_seed(seed)
     x = images_in(shape, bounds, dtype, gen)
     model = Linear(x[0].numel(), dtype, seed)

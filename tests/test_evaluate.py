@@ -100,3 +100,43 @@ def test_no_warning_for_a_healthy_model():
         warnings.simplefilter("error")
         ev = evaluate(model, (x, predicted(model, x)), 0.05, attacks=("fgsm", "pgd"), progress=False)
     assert ev.warnings == [] and not math.isnan(ev.robust_accuracy)
+
+
+def test_square_as_strong_as_torchattacks(digits):
+    torchattacks = pytest.importorskip("torchattacks")
+    from advx.attacks import Square
+
+    model, x, y = digits
+    ours = Square(model, 0.1, queries=300, seed=0)(x, y)
+    theirs = torchattacks.Square(model, norm="Linf", eps=0.1, n_queries=300, n_restarts=1, seed=0)(x, y)
+    with torch.no_grad():
+        r_ours = float((model(ours).argmax(1) == y).float().mean())
+        r_theirs = float((model(theirs).argmax(1) == y).float().mean())
+    assert r_ours <= r_theirs + 0.01
+    assert float((ours - x).abs().max()) <= 0.1
+
+
+def test_square_pieces():
+    from advx.attacks import Square
+    from advx.attacks.square import margin, p_schedule
+
+    assert [p_schedule(0.8, q, 10000) for q in (0, 10, 11, 51, 9000)] == [0.8, 0.8, 0.4, 0.2, 0.8 / 512]
+    assert p_schedule(0.8, 50, 100) == 0.8 / 128  # rescaled to 10000 queries
+    logits = torch.tensor([[2.0, 1.0, -1.0], [0.0, 3.0, 1.0]])
+    torch.testing.assert_close(margin(logits, torch.tensor([0, 0])), torch.tensor([1.0, -3.0]))
+    model = small_cnn()
+    with pytest.raises(NotImplementedError, match="linf"):
+        Square(model, 0.5, norm="l2")
+    with pytest.raises(ValueError, match=r"\[B, C, H, W\]"):
+        Square(model, 0.1, queries=3)(torch.rand(2, 64), torch.zeros(2, dtype=torch.long))
+    x = images(5)
+    res = Square(model, 0.05, queries=50, seed=0).run(x, predicted(model, x))
+    assert torch.equal(res.success, res.first_success >= 0) and not res.zero_grad.any()
+
+
+def test_l2_cascade_says_square_is_missing():
+    model = small_cnn()
+    x = images(4)
+    with pytest.warns(EvaluationWarning, match="square is not available"):
+        ev = evaluate(model, (x, predicted(model, x)), 0.3, norm="l2", attacks=("pgd", "square"), progress=False)
+    assert ev.attacks == ["pgd"] and any("square is not available" in w for w in ev.warnings)

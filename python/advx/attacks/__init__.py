@@ -6,6 +6,7 @@ from .apgd import APGD, APGDT
 from .ascent import BoxConstrained, GradientAscent
 from .base import Attack, AttackResult
 from .pgd import FGSM, OPTIMIZERS, PGD
+from .square import Square
 
-__all__ = ["Attack", "AttackResult", "FGSM", "PGD", "APGD", "APGDT", "GradientAscent", "BoxConstrained",
+__all__ = ["Attack", "AttackResult", "FGSM", "PGD", "APGD", "APGDT", "Square", "GradientAscent", "BoxConstrained",
            "OPTIMIZERS"]

@@ -1,0 +1,120 @@
+"""Square (Andriushchenko et al., ECCV 2020): a score-based random search, forward passes
+only. It needs no gradient, so a model that masks its gradients cannot hide from it: the
+last attack of AutoAttack's cascade.
+
+L-inf: start from vertical stripes of +-eps; each query changes one square window (the
+same window and signs for the batch, its side from the fraction p of the image, p
+shrinking on the published schedule) to +-eps around the image and keeps the change per
+sample if the margin loss z_y - max_{j != y} z_j went down. Only samples not yet fooled
+are queried. L2 is not implemented yet.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .. import _validate, ops
+from .._runtime import generator, logits_of
+from .base import Attack, AttackResult, check_labels, sample_norms
+
+__all__ = ["Square", "p_schedule"]
+
+
+def p_schedule(p_init: float, query: int, queries: int) -> float:
+    """The fraction of pixels a window covers at ``query`` of ``queries`` (the schedule is
+    given for 10000 queries and rescaled)."""
+    it = int(query / queries * 10000)
+    for limit, div in ((10, 1), (50, 2), (200, 4), (500, 8), (1000, 16), (2000, 32), (4000, 64), (6000, 128),
+                       (8000, 256)):
+        if it <= limit:
+            return p_init / div
+    return p_init / 512
+
+
+def margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """z_y - max_{j != y} z_j per sample: <= 0 means misclassified."""
+    logits = logits.float() if logits.dtype not in (torch.float32, torch.float64) else logits
+    z_y = logits.gather(1, labels[:, None])[:, 0]
+    others = logits.scatter(1, labels[:, None], -math.inf)
+    return z_y - others.amax(dim=1)
+
+
+class Square(Attack):
+    """``Square(model, eps, norm="linf", queries=5000, p_init=0.8, seed=None)``: images are
+    [B, C, H, W]; ``queries`` counts forward passes per sample (the first is the start)."""
+
+    name = "Square"
+
+    def __init__(self, model, eps, norm: str = "linf", queries: int = 5000, p_init: float = 0.8, *, seed=None,
+                 bounds=(0.0, 1.0)):
+        super().__init__(model, bounds=bounds)
+        self.eps = _validate.budget(eps, "eps")
+        self.norm = _validate.norm(norm)
+        if self.norm != "linf":
+            raise NotImplementedError("Square is implemented for norm='linf' only so far")
+        self.queries = _validate.steps(queries)
+        if not 0.0 < float(p_init) <= 1.0:
+            raise ValueError(f"p_init must lie in (0, 1], got {p_init}")
+        self.p_init = float(p_init)
+        self.seed = _validate.seed(seed)
+
+    def _margin(self, x, labels):
+        with torch.no_grad():
+            logits = logits_of(self.model, x)
+        m = margin(logits, labels)
+        # a non-finite margin is never an improvement and never a success
+        return torch.where(torch.isfinite(m), m, torch.full_like(m, math.inf)), ~torch.isfinite(logits).all(dim=1)
+
+    def _attack(self, images, labels, record_loss, report=True) -> AttackResult:
+        if images.dim() != 4:
+            raise ValueError(f"Square needs images of shape [B, C, H, W], got {tuple(images.shape)}")
+        batch, c, h, w = images.shape
+        eps = self.eps.to(images.device) if isinstance(self.eps, torch.Tensor) else self.eps
+        eps_b = _validate.budget_tensor(eps, "eps", images)
+        eps_x = eps_b.to(images.dtype).reshape(-1, 1, 1, 1)
+        gen = generator(self.seed, images.device)
+        # the window positions are drawn on the host: no device read per query
+        host = torch.Generator().manual_seed(self.seed if self.seed is not None else
+                                             int(torch.randint(0, 2 ** 31 - 1, ())))
+
+        def project(v, center, e):  # into the ball around center and the box, exact in the dtype
+            return ops.pgd_step_(v.contiguous(), torch.zeros_like(v), center, e, e, "linf", self.bounds)
+
+        stripes = torch.randint(0, 2, (batch, c, 1, w), generator=gen, device=images.device).to(images.dtype)
+        x_best = project(images + eps_x * (2 * stripes - 1), images, eps_b)
+        with torch.no_grad():
+            check_labels(self._label_span, logits_of(self.model, x_best[:1]).shape[1])
+        m_best, nonfinite = self._margin(x_best, labels)
+        first = torch.where(m_best <= 0, 0, -1)
+        for q in range(1, self.queries):
+            left = (m_best > 0).nonzero()[:, 0]
+            if left.numel() == 0:
+                break
+            p = p_schedule(self.p_init, q - 1, self.queries)
+            s = min(max(int(round(math.sqrt(p * h * w))), 1), h - 1) if h > 1 else 1
+            vh = int(torch.randint(0, max(h - s, 0) + 1, (), generator=host))
+            vw = int(torch.randint(0, max(w - s, 0) + 1, (), generator=host))
+            signs = torch.randint(0, 2, (c, 1, 1), generator=gen, device=images.device).to(images.dtype) * 2 - 1
+            x_cur, e_cur = images[left], eps_b[left]
+            x_new = x_best[left].clone()
+            x_new[:, :, vh:vh + s, vw:vw + s] = x_cur[:, :, vh:vh + s, vw:vw + s] + \
+                e_cur.to(images.dtype).reshape(-1, 1, 1, 1) * signs
+            x_new = project(x_new, x_cur, e_cur)
+            m_new, bad = self._margin(x_new, labels[left])
+            nonfinite[left] |= bad
+            better = m_new < m_best[left]
+            x_best[left] = torch.where(better.reshape(-1, 1, 1, 1), x_new, x_best[left])
+            m_best[left] = torch.where(better, m_new, m_best[left])
+            first[left] = torch.where((m_new <= 0) & (first[left] < 0), q, first[left])
+        zero_grad = torch.zeros(batch, dtype=torch.bool, device=images.device)  # no gradients used
+        if not report:
+            return AttackResult(adv=x_best, success=None, loss=None, norm=None, first_success=None,
+                                zero_grad=zero_grad, nonfinite=nonfinite)
+        with torch.no_grad():
+            logits = logits_of(self.model, x_best)
+            ce = torch.nn.functional.cross_entropy(logits.float(), labels, reduction="none")
+            success = self._success(logits, labels)
+        return AttackResult(adv=x_best, success=success, loss=ce.to(images.dtype),
+                            norm=sample_norms(x_best - images, "linf"), first_success=torch.where(success, first, -1),
+                            zero_grad=zero_grad, nonfinite=nonfinite)
