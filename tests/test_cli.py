@@ -155,14 +155,26 @@ def test_eval_torchscript_flat_folder_json(tmp_path, digits_model, image_folder,
         (flat / f.name).write_bytes(f.read_bytes())
     report_file = tmp_path / "eval.json"
     code, out, _ = run_cli(capsys, "eval", "--model", str(scripted), "--images", str(flat), "--grayscale",
-                           "--eps", "0.05", "0.3", "--json", str(report_file))
+                           "--eps", "0.05", "0.3", "--attacks", "fgsm", "pgd", "--json", str(report_file))
     assert code == 0 and "model's own predictions" in out
     report = json.loads(report_file.read_text())
     assert report["clean_accuracy"] == 1.0 and report["n_samples"] == 6
     assert [(r["name"], r["eps"]) for r in report["attacks"]] == [
-        ("FGSM", 0.05), ("FGSM", 0.3), ("PGD", 0.05), ("PGD", 0.3)]
+        ("FGSM", 0.05), ("FGSM", 0.3), ("PGD", 0.05), ("PGD", 0.3), ("worst case", 0.05), ("worst case", 0.3)]
     pgd = [r["robust_accuracy"] for r in report["attacks"] if r["name"] == "PGD"]
     assert pgd[1] <= pgd[0] and pgd[1] < 1.0
+    assert len(report["evaluations"][0]["per_sample"]) == 6
+
+
+def test_eval_default_cascade(capsys, digits_cache_dir, tmp_path):
+    report_file = tmp_path / "eval.json"
+    code, out, _ = run_cli(capsys, "eval", "--cache-dir", str(digits_cache_dir), "--limit", "40", "--eps", "0.1",
+                           "--apgd-steps", "10", "--queries", "50", "--json", str(report_file))
+    assert code == 0
+    assert "after apgd" in out.lower() and "Square" in out and "(40 samples)" in out
+    ev = json.loads(report_file.read_text())["evaluations"][0]
+    assert ev["attacks"] == ["APGD-CE", "APGD-T", "Square"]
+    assert ev["robust_accuracy"] <= min(a["robust_accuracy"] for a in ev["after_attack"])
 
 
 def test_eval_digits_l2(capsys, digits_cache_dir):

@@ -140,3 +140,18 @@ def test_l2_cascade_says_square_is_missing():
     with pytest.warns(EvaluationWarning, match="square is not available"):
         ev = evaluate(model, (x, predicted(model, x)), 0.3, norm="l2", attacks=("pgd", "square"), progress=False)
     assert ev.attacks == ["pgd"] and any("square is not available" in w for w in ev.warnings)
+
+
+def test_robust_accuracy_worst_case_row(digits):
+    from advx.attacks import FGSM
+    from advx.eval import robust_accuracy
+
+    model, x, y = digits
+    attacks = [FGSM(model, 0.1), PGD(model, 0.1, steps=10, seed=0), PGD(model, 1.0, steps=10, norm="l2", seed=0)]
+    report = robust_accuracy(model, (x, y), attacks, batch_size=50, progress=False)
+    assert [r["name"] for r in report.rows] == ["FGSM", "PGD", "PGD"]  # the rows as before
+    assert len(report.worst_case) == 1  # only the L-inf budget is shared
+    (worst,) = report.worst_case
+    assert (worst["norm"], worst["eps"]) == ("linf", 0.1)
+    assert worst["robust_accuracy"] <= min(report.rows[0]["robust_accuracy"], report.rows[1]["robust_accuracy"])
+    assert "worst case" in str(report) and report.to_dict()["worst_case"] == report.worst_case

@@ -221,33 +221,54 @@ def cmd_attack(args) -> int:
     return 0
 
 
-def cmd_eval(args) -> int:
-    import torch
-
+def _eval_suite(args, model, eps: float) -> list:
+    """The attacks of --attacks at one budget, in cascade order."""
     from . import attacks
-    from .eval import robust_accuracy
+
+    makers = {
+        "apgd-ce": lambda: attacks.APGD(model, eps, args.norm, steps=args.apgd_steps, loss="ce", seed=args.seed),
+        "apgd-dlr": lambda: attacks.APGD(model, eps, args.norm, steps=args.apgd_steps, loss="dlr", seed=args.seed),
+        "apgd-t": lambda: attacks.APGDT(model, eps, args.norm, steps=args.apgd_steps, seed=args.seed),
+        "square": lambda: attacks.Square(model, eps, args.norm, queries=args.queries, seed=args.seed),
+        "pgd": lambda: attacks.PGD(model, eps, alpha=args.alpha, steps=args.steps, norm=args.norm, seed=args.seed),
+        "fgsm": lambda: attacks.FGSM(model, eps),
+    }
+    if "fgsm" in args.attacks and args.norm != "linf":
+        raise CLIError("fgsm is an L-inf attack: use --norm linf or drop it from --attacks")
+    if "square" in args.attacks and args.norm != "linf":
+        raise CLIError("square is implemented for --norm linf only so far: drop it from --attacks")
+    try:
+        return [makers[name]() for name in args.attacks]
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise CLIError(str(e)) from None
+
+
+def cmd_eval(args) -> int:
+    from .eval import evaluate
 
     device = _device(args.device)
     model = _load_model(args, device)
     images, labels, _, known = _load_data(args, model, device)
-    if "fgsm" in args.attacks and args.norm != "linf":
-        raise CLIError("fgsm is an L-inf attack: use --norm linf or drop it from --attacks")
-    # one per-sample budget tensor: robust_accuracy reports a row per distinct eps
-    eps = torch.tensor(_default_eps(args), dtype=torch.float64)
-    try:
-        suite = [attacks.FGSM(model, eps) if name == "fgsm" else
-                 attacks.PGD(model, eps, alpha=args.alpha, steps=args.steps, norm=args.norm, seed=args.seed)
-                 for name in args.attacks]
-    except (TypeError, ValueError, RuntimeError) as e:
-        raise CLIError(str(e)) from None
-    report = robust_accuracy(model, (images, labels), suite, batch_size=args.batch_size, device=device,
-                             progress=sys.stderr.isatty())
+    evaluations = []
+    for eps in args.eps if args.eps is not None else [_default_eps(args)]:
+        suite = _eval_suite(args, model, eps)
+        evaluations.append(evaluate(model, (images, labels), eps, args.norm, suite, batch_size=args.batch_size,
+                                    device=device, progress=sys.stderr.isatty()))
     if not known:
         print("(no class folders: labels are the model's own predictions, so clean accuracy is 1 by construction)")
-    print(report)
+    for ev in evaluations:
+        print(ev)
     if args.json:
+        # rows attack by attack (robust accuracy after the cascade up to that attack), then
+        # the worst case per budget; the full evaluations with their per-sample lists
+        rows = [{"name": name, "norm": ev.norm, "eps": ev.eps, "robust_accuracy": ev.after_attack[j]}
+                for j, name in enumerate(evaluations[0].attacks) for ev in evaluations]
+        rows += [{"name": "worst case", "norm": ev.norm, "eps": ev.eps, "robust_accuracy": ev.robust_accuracy}
+                 for ev in evaluations]
+        report = {"n_samples": int(evaluations[0].clean.numel()), "clean_accuracy": evaluations[0].clean_accuracy,
+                  "attacks": rows, "evaluations": [ev.to_dict() for ev in evaluations]}
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
         print(f"wrote {args.json}")
     return 0
 
@@ -342,11 +363,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="directory for adversarial/*.png, examples.png and attack.json")
     p.set_defaults(func=cmd_attack)
 
-    p = sub.add_parser("eval", help="clean and robust accuracy of a model",
-                       description="Clean accuracy and accuracy under FGSM / PGD at one or several budgets.")
+    p = sub.add_parser("eval", help="clean and worst-case robust accuracy of a model",
+                       description="Clean accuracy and robust accuracy as the worst case over a cascade of "
+                                   "attacks (each on the samples still robust), at one or several budgets.")
     _add_model_args(p)
     _add_attack_args(p, several_eps=True)
-    p.add_argument("--attacks", nargs="+", choices=["fgsm", "pgd"], default=["fgsm", "pgd"])
+    from .eval import DEFAULT_EVAL_ATTACKS, EVAL_ATTACKS
+
+    p.add_argument("--attacks", nargs="+", choices=EVAL_ATTACKS, default=list(DEFAULT_EVAL_ATTACKS),
+                   help="the cascade, in order (default: %(default)s)")
+    p.add_argument("--apgd-steps", type=int, default=100, help="iterations of the APGD attacks (default 100)")
+    p.add_argument("--queries", type=int, default=5000, help="queries of Square (default 5000)")
     p.add_argument("--json", metavar="FILE", help="also write the report as JSON")
     p.set_defaults(func=cmd_eval)
 

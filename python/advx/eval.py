@@ -38,10 +38,11 @@ class RobustnessReport:
     clean_accuracy: float
     rows: list = field(default_factory=list)
     n_samples: int = 0
+    worst_case: list = field(default_factory=list)  # per (norm, eps) shared by >= 2 attacks
 
     def to_dict(self) -> dict:
         return {"n_samples": self.n_samples, "clean_accuracy": self.clean_accuracy,
-                "attacks": [dict(r) for r in self.rows]}
+                "attacks": [dict(r) for r in self.rows], "worst_case": [dict(r) for r in self.worst_case]}
 
     def __str__(self) -> str:
         header = ("attack", "norm", "eps", "robust acc")
@@ -49,12 +50,16 @@ class RobustnessReport:
         for r in self.rows:
             eps = "-" if r["eps"] is None else f"{r['eps']:.4g}"
             lines.append((str(r["name"]), str(r["norm"]), eps, f"{r['robust_accuracy']:.4f}"))
+        for r in self.worst_case:  # a sample robust only if no attack at that budget fooled it
+            lines.append(("worst case", str(r["norm"]), f"{r['eps']:.4g}", f"{r['robust_accuracy']:.4f}"))
         masked = any(r.get("zero_grad") or r.get("nonfinite") for r in self.rows)
         if masked:  # the counts only when there is something to see
             header += ("zero grad", "non-finite")
             lines[0] += ("-", "-")
             for i, r in enumerate(self.rows, start=1):
                 lines[i] += (str(r.get("zero_grad", 0)), str(r.get("nonfinite", 0)))
+            for i in range(len(self.rows) + 1, len(lines)):
+                lines[i] += ("-", "-")
         widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
         fmt = "  ".join(f"{{:<{w}}}" for w in widths)
         out = [fmt.format(*header), fmt.format(*("-" * w for w in widths))]
@@ -131,7 +136,8 @@ def robust_accuracy(model, data, attacks, *, batch_size: int = 256, device=None,
     pair. ``attacks``: a list of attacks, or a dict name -> attack. An attack with a
     per-sample ``eps`` tensor is evaluated at each distinct value, all of them in
     one attack call per batch (the batch is tiled, one budget per copy). Only the
-    samples classified correctly are attacked.
+    samples classified correctly are attacked. Where two or more attacks share a budget
+    (norm and eps), ``worst_case`` gets a row: the samples no attack at that budget fooled.
     """
     batch_size = _check_batch_size(batch_size)
     named = _named(attacks)
@@ -140,6 +146,10 @@ def robust_accuracy(model, data, attacks, *, batch_size: int = 256, device=None,
     budgets = [_budgets(atk) for _, atk in named]
     robust = [[0] * len(b) for b in budgets]
     masking = [[[0, 0] for _ in b] for b in budgets]  # per row: zero_grad, nonfinite
+    keys = [[(atk.norm, None if eps is None else float(eps)) for eps in b] for (_, atk), b in zip(named, budgets)]
+    shared = {k for k in {k for ks in keys for k in ks} if k[1] is not None and
+              sum(k in ks for ks in keys) >= 2}
+    worst = {k: 0 for k in shared}
     n_seen = n_clean = 0
     try:
         total = len(loader.dataset)
@@ -155,12 +165,18 @@ def robust_accuracy(model, data, attacks, *, batch_size: int = 256, device=None,
             n_clean += int(correct.sum())
             images, labels = images[correct], labels[correct]
             if labels.numel():
+                alive = {k: torch.ones_like(labels, dtype=torch.bool) for k in shared}
                 for i, (_, atk) in enumerate(named):
-                    counts = _robust_counts(model, atk, budgets[i], images, labels)
+                    counts, still_masks = _robust_counts(model, atk, budgets[i], images, labels)
                     for j, (still, zero, bad) in enumerate(counts):
                         robust[i][j] += still
                         masking[i][j][0] += zero
                         masking[i][j][1] += bad
+                        if keys[i][j] in alive:
+                            alive[keys[i][j]] &= still_masks[j]
+                if shared:
+                    for k, n in zip(alive, torch.stack(list(alive.values())).sum(dim=1).tolist()):
+                        worst[k] += n
             bar.update(int(correct.numel()))
             bar.set_postfix(clean=f"{n_clean / n_seen:.3f}")
     bar.close()
@@ -172,7 +188,8 @@ def robust_accuracy(model, data, attacks, *, batch_size: int = 256, device=None,
             rows.append({"name": name, "norm": atk.norm, "eps": None if eps is None else float(eps),
                          "robust_accuracy": count / n_seen, "zero_grad": zero, "nonfinite": bad})
     _warn_masking(rows, n_clean)
-    return RobustnessReport(clean_accuracy=n_clean / n_seen, rows=rows, n_samples=n_seen)
+    worst_rows = [{"norm": k[0], "eps": k[1], "robust_accuracy": worst[k] / n_seen} for k in sorted(worst)]
+    return RobustnessReport(clean_accuracy=n_clean / n_seen, rows=rows, n_samples=n_seen, worst_case=worst_rows)
 
 
 def _warn_masking(rows: list, attacked: int) -> None:
@@ -192,7 +209,8 @@ def _warn_masking(rows: list, attacked: int) -> None:
 
 def _robust_counts(model, atk: Attack, eps_list: list, images, labels) -> list:
     """Per budget: (how many of (images, labels) stay correct under ``atk``, how many had a
-    zero input gradient, how many non-finite logits/loss/gradient), with one host read."""
+    zero input gradient, how many non-finite logits/loss/gradient), with one host read;
+    and the per-sample masks of who stayed correct, [budgets, n]."""
     copies = len(eps_list)
     if isinstance(atk.eps, torch.Tensor):
         n = labels.shape[0]
@@ -212,7 +230,7 @@ def _robust_counts(model, atk: Attack, eps_list: list, images, labels) -> list:
     flags = [torch.zeros_like(still) if f is None else f for f in (res.zero_grad, res.nonfinite)]
     flags[1] = flags[1] | final_bad
     counts = torch.stack([still, *flags]).reshape(3, copies, -1).sum(dim=2)
-    return [tuple(c) for c in counts.t().tolist()]
+    return [tuple(c) for c in counts.t().tolist()], still.reshape(copies, -1)
 
 
 def _check_radius(radius, x: torch.Tensor) -> torch.Tensor:
@@ -324,10 +342,10 @@ class Evaluation:
         lines = [f"clean accuracy   {self.clean_accuracy:.4f}"]
         for a, r in zip(self.attacks, self.after_attack):
             lines.append(f"after {a:<10} {r:.4f}")
-        lines.append(f"robust accuracy  {self.robust_accuracy:.4f}  ({self.norm}, eps={self.eps:.4g}, "
-                     f"{self.clean.numel()} samples, worst case over {len(self.attacks)} attacks)")
+        lines.append(f"robust accuracy  {self.robust_accuracy:.4f}  (worst case over {len(self.attacks)} "
+                     f"attack(s), {self.norm} eps={self.eps:.4g})")
         lines += [f"warning: {w}" for w in self.warnings]
-        return "\n".join(lines)
+        return "\n".join(lines) + f"\n({self.clean.numel()} samples)"
 
 
 def _eval_attack(spec, model, eps: float, norm: str, seed) -> tuple[str, Attack]:
