@@ -239,6 +239,14 @@ def test_bench_times_with_the_package_only(capsys, monkeypatch, tmp_path):
     assert code == 0 and "| pgd_step_ linf |" in out
 
 
+def test_bench_eval_quick(capsys, digits_cache_dir, monkeypatch):
+    monkeypatch.setenv("ADVX_CACHE_DIR", str(digits_cache_dir))
+    code, out, _ = run_cli(capsys, "bench", "--eval", "--quick", "--device", "cpu")
+    assert code == 0
+    assert "| digits CNN | 100 images, 20 steps, 200 queries | advx.eval.evaluate |" in out
+    assert "torchattacks 3.5.1 cascade" in out
+
+
 def test_version(capsys):
     import advx
 

@@ -9,11 +9,13 @@ import time
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
 from . import ops, optim, reference
 from .ops.constraints import LpBall
 
-__all__ = ["sync", "median_seconds", "quick_timing", "attack_timing", "format_table"]
+__all__ = ["sync", "median_seconds", "quick_timing", "attack_timing", "format_table", "eval_timing",
+           "format_eval_table"]
 
 
 def sync(device) -> None:
@@ -148,4 +150,105 @@ def format_table(rows: list[dict]) -> str:
     for r in rows:
         shape = "x".join(str(s) for s in r["shape"])
         lines.append(f"| {r['op']} | {shape} | {r['advx_ms']:.3f} | {r['reference_ms']:.3f} | {r['speedup']:.2f}x |")
+    return "\n".join(lines)
+
+
+# -- the worst-case evaluation against torchattacks (benchmarks/bench_eval.py, advx bench --eval)
+
+EVAL_EPS = 0.1
+
+
+def robust_training(model, x, y, *, epochs: int, device, seed: int = 0):
+    """A copy of ``model`` fine-tuned on L-inf PGD-7 examples (Madry et al.), seeded."""
+    import copy
+
+    from .attacks import PGD
+
+    torch.manual_seed(seed)
+    robust = copy.deepcopy(model).to(device)
+    opt = torch.optim.Adam(robust.parameters(), lr=1e-3)
+    x, y = x.to(device), y.to(device)
+    for _ in range(epochs):
+        for idx in torch.randperm(x.shape[0], device=device).split(64):
+            robust.eval()
+            adv = PGD(robust, EVAL_EPS, steps=7, seed=None)(x[idx], y[idx])
+            robust.train()
+            opt.zero_grad()
+            F.cross_entropy(robust(adv), y[idx]).backward()
+            opt.step()
+    return robust.eval()
+
+
+def torchattacks_cascade(ta, model, x, y, steps: int, queries: int, seed: int):
+    """torchattacks' APGD-CE, APGD-T and Square, each on the points still robust."""
+    with torch.no_grad():
+        robust = model(x).argmax(1) == y
+    for atk in (ta.APGD(model, norm="Linf", eps=EVAL_EPS, steps=steps, n_restarts=1, loss="ce", seed=seed),
+                ta.APGDT(model, norm="Linf", eps=EVAL_EPS, steps=steps, n_restarts=1, seed=seed),
+                ta.Square(model, norm="Linf", eps=EVAL_EPS, n_queries=queries, n_restarts=1, seed=seed)):
+        idx = robust.nonzero()[:, 0]
+        if idx.numel() == 0:
+            break
+        adv = atk(x[idx], y[idx])
+        with torch.no_grad():
+            robust[idx] = model(adv).argmax(1) == y[idx]
+    return float(robust.float().mean())
+
+
+def timed(fn, device, repeats: int):
+    """(median wall seconds over ``repeats`` calls, the last call's value)."""
+    times, value = [], None
+    for _ in range(repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        value = fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), value
+
+
+def eval_timing(device="cpu", *, quick: bool = False, repeats: int = 1) -> list[dict]:
+    """Rows {case, size, impl, seconds, robust_accuracy, speedup_of_advx}: advx.eval.evaluate
+    (APGD-CE, APGD-T, Square) against torchattacks' same cascade (when importable) on the
+    digits test set, for the digits CNN and a PGD-trained copy, L-inf eps 0.1."""
+    from .attacks import APGD, APGDT, Square
+    from .data import load_digits
+    from .eval import evaluate
+    from .models import train_digits_cnn
+
+    try:
+        import torchattacks as ta
+    except ImportError:
+        ta = None
+    device = torch.device(device)
+    steps, queries, n, epochs = (20, 200, 100, 1) if quick else (100, 5000, 450, 3)
+    split = load_digits()
+    x, y = split.test_images[:n].to(device), split.test_labels[:n].to(device)
+    plain = train_digits_cnn().to(device).eval()
+    models = {"digits CNN": plain,
+              f"digits CNN, PGD-trained ({epochs} epochs)": robust_training(
+                  plain, split.train_images, split.train_labels, epochs=epochs, device=device)}
+    size = f"{n} images, {steps} steps, {queries} queries"
+    rows = []
+    for name, model in models.items():
+        cascade = [APGD(model, EVAL_EPS, steps=steps, seed=0), APGDT(model, EVAL_EPS, steps=steps, seed=0),
+                   Square(model, EVAL_EPS, queries=queries, seed=0)]
+        t_advx, ev = timed(lambda: evaluate(model, (x, y), EVAL_EPS, attacks=cascade, progress=False), device,
+                           repeats)
+        rows.append({"case": name, "size": size, "impl": "advx.eval.evaluate", "seconds": t_advx,
+                     "clean_accuracy": ev.clean_accuracy, "robust_accuracy": ev.robust_accuracy,
+                     "after_attack": ev.after_attack, "speedup_of_advx": 1.0})
+        if ta is not None:
+            t_ta, acc = timed(lambda: torchattacks_cascade(ta, model, x, y, steps, queries, 0), device, repeats)
+            rows.append({"case": name, "size": size, "impl": "torchattacks 3.5.1 cascade", "seconds": t_ta,
+                         "robust_accuracy": acc, "speedup_of_advx": t_ta / t_advx})
+    return rows
+
+
+def format_eval_table(rows: list[dict]) -> str:
+    lines = ["| model | setting | implementation | wall s | robust acc | speedup of advx |",
+             "|---|---|---|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['case']} | {r['size']} | {r['impl']} | {r['seconds']:.2f} | "
+                     f"{r['robust_accuracy']:.4f} | {r['speedup_of_advx']:.2f}x |")
     return "\n".join(lines)

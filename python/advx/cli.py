@@ -317,6 +317,13 @@ def cmd_bench(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = _device(args.device)
+    if args.eval:
+        from .bench import eval_timing, format_eval_table
+
+        print(f"advx.eval.evaluate vs torchattacks' cascade (when installed) on {device} "
+              f"({torch.get_num_threads()} threads):")
+        print(format_eval_table(eval_timing(device, quick=args.quick)))
+        return 0
     if args.attacks:
         print(f"advx attacks vs the same loop with advx.reference on {device} "
               f"({torch.get_num_threads()} threads), float32 medians:")
@@ -400,6 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "source tree.")
     p.add_argument("--builtin", action="store_true", help=argparse.SUPPRESS)  # the only timing now; kept for old scripts
     p.add_argument("--attacks", action="store_true", help="time whole attacks instead of single ops")
+    p.add_argument("--eval", action="store_true",
+                   help="time the worst-case evaluation (APGD-CE, APGD-T, Square) against torchattacks' cascade")
     p.add_argument("--device", help="cpu or cuda")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's)")

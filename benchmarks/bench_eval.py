@@ -1,0 +1,52 @@
+"""Worst-case robustness evaluation, advx against torchattacks, in one run: wall time and
+robust accuracy of advx.eval.evaluate (APGD-CE, APGD-T, Square; each attack on the points
+still robust) and of torchattacks 3.5.1's APGD(loss="ce"), APGDT and Square chained the same
+way (each on the points the previous ones did not fool), with the same steps, targets,
+restarts, queries and seed, on the digits test set (L-inf eps 0.1):
+
+- the digits CNN (advx.models, trained and cached on first use),
+- the same CNN made robust by a few epochs of L-inf PGD training (done here, seeded).
+
+    python benchmarks/bench_eval.py [--device cpu|cuda] [--quick] [--repeats N] [--out benchmarks/results]
+
+The work is advx.bench.eval_timing (what `advx bench --eval` prints). Times are medians of
+--repeats runs (default 1: an evaluation is long). Writes <out>/eval-<device>-<date>.json and .md."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import run_meta, write_results  # noqa: E402
+
+from advx.bench import EVAL_EPS, eval_timing, format_eval_table  # noqa: E402
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--quick", action="store_true", help="100 images, 20 steps, 200 queries, 1 epoch of training")
+    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        import torchattacks  # noqa: F401
+    except ImportError:
+        p.error("torchattacks 3.5.1 is needed for the comparison (make install puts it in .venv)")
+    rows = eval_timing(args.device, quick=args.quick, repeats=args.repeats)
+    meta = run_meta(args.device, eps=EVAL_EPS, norm="linf", repeats=args.repeats, quick=args.quick)
+    text = (f"# Worst-case evaluation, L-inf eps={EVAL_EPS}: advx vs torchattacks ({meta['device_name']}, "
+            f"torch {meta['torch']}, {meta['date']})\n\n" + format_eval_table(rows) + "\n")
+    print(text)
+    write_results(args.out, f"eval-{args.device}-{meta['date']}", meta, rows, text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
