@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from . import ops, optim, reference
 from .ops.constraints import LpBall
 
-__all__ = ["sync", "median_seconds", "quick_timing", "attack_timing", "format_table", "eval_timing",
+__all__ = ["sync", "median_seconds", "quick_timing", "attack_timing", "format_table", "markdown_table", "eval_timing",
            "format_eval_table"]
 
 
@@ -144,13 +144,17 @@ def _reference_pgd(model, eps, alpha, steps, norm):
     return attack
 
 
+def markdown_table(header: list[str], cells: list[list[str]], text_columns: int) -> str:
+    """A markdown table; the first ``text_columns`` columns left-aligned, numbers right."""
+    align = ["---"] * text_columns + ["---:"] * (len(header) - text_columns)
+    return "\n".join("| " + " | ".join(line) + " |" for line in [header, align, *cells])
+
+
 def format_table(rows: list[dict]) -> str:
-    """The rows of :func:`quick_timing` as a markdown table."""
-    lines = ["| op | shape | advx ms | reference ms | speedup |", "|---|---|---:|---:|---:|"]
-    for r in rows:
-        shape = "x".join(str(s) for s in r["shape"])
-        lines.append(f"| {r['op']} | {shape} | {r['advx_ms']:.3f} | {r['reference_ms']:.3f} | {r['speedup']:.2f}x |")
-    return "\n".join(lines)
+    """The rows of :func:`quick_timing` (or :func:`attack_timing`) as a markdown table."""
+    return markdown_table(["op", "shape", "advx ms", "reference ms", "speedup"],
+                          [[r["op"], "x".join(str(s) for s in r["shape"]), f"{r['advx_ms']:.3f}",
+                            f"{r['reference_ms']:.3f}", f"{r['speedup']:.2f}x"] for r in rows], 2)
 
 
 # -- the worst-case evaluation against torchattacks (benchmarks/bench_eval.py, advx bench --eval)
@@ -246,9 +250,7 @@ def eval_timing(device="cpu", *, quick: bool = False, repeats: int = 1) -> list[
 
 
 def format_eval_table(rows: list[dict]) -> str:
-    lines = ["| model | setting | implementation | wall s | robust acc | speedup of advx |",
-             "|---|---|---|---:|---:|---:|"]
-    for r in rows:
-        lines.append(f"| {r['case']} | {r['size']} | {r['impl']} | {r['seconds']:.2f} | "
-                     f"{r['robust_accuracy']:.4f} | {r['speedup_of_advx']:.2f}x |")
-    return "\n".join(lines)
+    """The rows of :func:`eval_timing` as a markdown table."""
+    return markdown_table(["model", "setting", "implementation", "wall s", "robust acc", "speedup of advx"],
+                          [[r["case"], r["size"], r["impl"], f"{r['seconds']:.2f}", f"{r['robust_accuracy']:.4f}",
+                            f"{r['speedup_of_advx']:.2f}x"] for r in rows], 3)

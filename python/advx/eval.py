@@ -128,6 +128,22 @@ def _progress_bar(total, progress: bool):
     return tqdm(total=total, unit="img", desc="robust_accuracy")
 
 
+def _batches(loader, device, progress: bool):
+    """(images, labels, bar) per batch, on ``device``; the bar advances after each batch."""
+    try:
+        total = len(loader.dataset)
+    except (TypeError, AttributeError):
+        total = None
+    bar = _progress_bar(total, progress)
+    try:
+        for batch in loader:
+            images, labels = batch[0].to(device), batch[1].to(device).long()
+            yield images, labels, bar
+            bar.update(int(labels.numel()))
+    finally:
+        bar.close()
+
+
 def robust_accuracy(model, data, attacks, *, batch_size: int = 256, device=None,
                     progress: bool = True) -> RobustnessReport:
     """Clean accuracy of ``model`` on ``data`` and its accuracy under each attack.
@@ -151,14 +167,8 @@ def robust_accuracy(model, data, attacks, *, batch_size: int = 256, device=None,
               sum(k in ks for ks in keys) >= 2}
     worst = {k: 0 for k in shared}
     n_seen = n_clean = 0
-    try:
-        total = len(loader.dataset)
-    except (TypeError, AttributeError):
-        total = None
-    bar = _progress_bar(total, progress)
     with eval_mode(model):
-        for batch in loader:
-            images, labels = batch[0].to(device), batch[1].to(device).long()
+        for images, labels, bar in _batches(loader, device, progress):
             with torch.no_grad():
                 correct = logits_of(model, images).argmax(dim=1) == labels
             n_seen += labels.shape[0]
@@ -177,9 +187,7 @@ def robust_accuracy(model, data, attacks, *, batch_size: int = 256, device=None,
                 if shared:
                     for k, n in zip(alive, torch.stack(list(alive.values())).sum(dim=1).tolist()):
                         worst[k] += n
-            bar.update(int(correct.numel()))
             bar.set_postfix(clean=f"{n_clean / n_seen:.3f}")
-    bar.close()
     if n_seen == 0:
         raise ValueError("data is empty")
     rows = []
@@ -418,14 +426,8 @@ def evaluate(model, data, eps, norm: str = "linf", attacks=DEFAULT_EVAL_ATTACKS,
     clean, robust, fooled_by, distance = [], [], [], []
     zero = bad = 0
     checked = False
-    try:
-        total = len(loader.dataset)
-    except (TypeError, AttributeError):
-        total = None
-    bar = _progress_bar(total, progress)
     with eval_mode(model):
-        for batch in loader:
-            x, y = batch[0].to(device), batch[1].to(device).long()
+        for x, y, _ in _batches(loader, device, progress):
             with torch.no_grad():
                 logits = logits_of(model, x)
             if not checked:
@@ -457,8 +459,6 @@ def evaluate(model, data, eps, norm: str = "linf", attacks=DEFAULT_EVAL_ATTACKS,
             robust.append(still.cpu())
             fooled_by.append(by.cpu())
             distance.append(dist.cpu())
-            bar.update(int(y.numel()))
-    bar.close()
     if not clean:
         raise ValueError("data is empty")
     clean_t, robust_t, by_t = torch.cat(clean), torch.cat(robust), torch.cat(fooled_by)
