@@ -120,3 +120,28 @@ def test_bad_input():
         APGD(model, 0.1, norm="l1")
     with pytest.raises(ValueError, match="labels must lie"):
         APGD(model, 0.1, steps=2)(x, torch.full((4,), 3))
+
+
+HAVE_CUDA = torch.cuda.is_available() and advx.build_info()["cuda"]
+
+
+@pytest.mark.skipif(not HAVE_CUDA, reason="needs a GPU and advx built with CUDA")
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+@pytest.mark.parametrize("cls", [APGD, APGDT])
+def test_a_run_does_not_sync(cls, norm, monkeypatch):
+    model = small_cnn("cuda")
+    x = images(8, device="cuda")
+    y = predicted(model, x)
+    atk = cls(model, 0.1, norm, steps=12, seed=0)
+    run = cls._single_run
+
+    def run_without_syncs(self, *args, **kwargs):
+        torch.cuda.set_sync_debug_mode("error")  # any host sync inside a run raises
+        try:
+            return run(self, *args, **kwargs)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+    monkeypatch.setattr(cls, "_single_run", run_without_syncs)
+    adv = atk(x, y)
+    assert float((adv - x).abs().max()) <= 0.1 + 1e-6 or norm == "l2"
