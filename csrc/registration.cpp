@@ -17,6 +17,9 @@ TORCH_LIBRARY(advx, m) {
   m.def(
       "pgd_step_(Tensor(a!) x_adv, Tensor grad, Tensor x_orig, Tensor eps, Tensor alpha, "
       "str norm, float lo, float hi) -> ()");
+  // the exact Euclidean projection of each sample of x onto {z : ||z - center|| <= eps[b]}
+  // ∩ [lo, hi]^d, norm 'linf' | 'l2' | 'l1'.
+  m.def("project_onto_(Tensor(a!) x, Tensor center, Tensor eps, str norm, float lo, float hi) -> ()");
 
   // edge_energy/: [B, C, H, W] -> [B]; the backward is its own fused op.
   m.def("edge_energy(Tensor x) -> Tensor");
@@ -55,7 +58,7 @@ TORCH_LIBRARY(advx, m) {
 namespace {
 
 // Every op defined above (tests/test_boundaries.py checks that none is missing).
-constexpr const char* kOps[] = {"project_", "pgd_step_", "edge_energy", "edge_energy_backward",
+constexpr const char* kOps[] = {"project_", "pgd_step_", "project_onto_", "edge_energy", "edge_energy_backward",
                                 "sgd_step_", "adagrad_step_", "rmsprop_step_", "adam_step_"};
 
 void throw_if_sparse(const at::Tensor& t, const std::string& name) {

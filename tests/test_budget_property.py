@@ -68,6 +68,12 @@ def test_pgd_step_and_project_stay_inside(case):
     delta = (torch.randn(shape, generator=gen) * eps).to(dtype)
     ops.project_(delta, eps, norm)
     assert_inside(delta, torch.zeros_like(delta), eps, norm, None)
+    far = (torch.randn(shape, generator=gen) * 2).to(dtype)
+    ops.project_onto_(far, x, eps, norm, bounds)
+    assert_inside(far, x, eps, norm, bounds)
+    l1 = (torch.randn(shape, generator=gen) * 2).to(dtype)
+    ops.project_onto_(l1, x, eps, "l1", bounds)
+    assert float((l1.double() - x.double()).reshape(shape[0], -1).abs().sum(1).max()) <= eps
 
 
 class Linear(torch.nn.Module):

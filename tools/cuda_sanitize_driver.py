@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Calls every CUDA kernel instantiation of advx once, on small inputs, and synchronizes
 after each call: the workload for compute-sanitizer (memcheck, racecheck, synccheck,
-initcheck). Covered: project_ and pgd_step_ (linf, l2) and the four optimizer ops x
+initcheck). Covered: project_ and pgd_step_ (linf, l2), project_onto_ (linf, l2, l1) and the four optimizer ops x
 float32/float64/float16/bfloat16, on vector-path, odd-length, misaligned and multi-block
 inputs; the optimizers with no constraint, a box, L-inf and L2 balls (around the origin
 and around centers), with an lr tensor, GradScaler's grad_scale/found_inf (also a
@@ -86,6 +86,17 @@ def build_calls(device: str, big: bool):
 
                 calls.append((f"project_ {norm} {dname} {lname}", project))
                 calls.append((f"pgd_step_ {norm} {dname} {lname}", pgd))
+        for norm in ("linf", "l2", "l1"):
+            for lname, spec in layouts.items():
+                shape, mis = spec["shape"], spec.get("misaligned", False)
+
+                def onto(shape=shape, mis=mis, dtype=dtype, norm=norm):
+                    x = rand(shape, dtype, misaligned=mis)
+                    c = rand(shape, dtype, positive=True, misaligned=mis)
+                    eps = torch.linspace(0.05, 2.0, shape[0], device=device, dtype=math_dtype(dtype))
+                    ops.project_onto_(x, c, eps, norm)
+
+                calls.append((f"project_onto_ {norm} {dname} {lname}", onto))
 
     # ------------------------------------------------------------ optimizers
     shapes = [(3, 37), (4, 64), (2, 70001), (), (0, 5)]  # odd, vector, two 64K chunks, 0-dim, empty

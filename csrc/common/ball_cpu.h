@@ -39,21 +39,27 @@ ADVX_CPU_CLONES void l2_ball_range(scalar_t* __restrict__ x, const scalar_t* __r
 // of radius eps[b] as a float64 norm sees it (common/exact.h). A sample outside (by the
 // roundings of the write) is shrunk toward its center; one round is enough in practice,
 // the loop is a guard. Moving toward the center keeps a sample in a box that holds it.
+// p = 1 fits the L1 ball the same way (the exact projection's l1).
 template <typename scalar_t>
-void l2_fit(scalar_t* x, const scalar_t* c, const opmath_t<scalar_t>* eps, int64_t batch, int64_t n) {
+void l2_fit(scalar_t* x, const scalar_t* c, const opmath_t<scalar_t>* eps, int64_t batch, int64_t n,
+            int p = 2) {
   if (batch == 0 || n == 0) return;
   for (int round = 0; round < 8; ++round) {
     const auto sq = per_sample_sum(batch, n, [&](int64_t, int64_t s, int64_t t) {
-      return lane_sum_squares(t - s, [xs = x + s, cs = c == nullptr ? nullptr : c + s](int64_t i) {
-        return to_double(xs[i]) - (cs == nullptr ? 0.0 : to_double(cs[i]));
-      });
+      const scalar_t* xs = x + s;
+      const scalar_t* cs = c == nullptr ? nullptr : c + s;
+      const auto d = [=](int64_t i) { return to_double(xs[i]) - (cs == nullptr ? 0.0 : to_double(cs[i])); };
+      if (p == 2) return lane_sum_squares(t - s, d);
+      double sum = 0.0;  // L1: in index order (bits depend on n only)
+      for (int64_t i = 0; i < t - s; ++i) sum += lp_term(1, d(i));
+      return sum;
     });
     std::vector<double> shrink(batch, -1.0);
     bool any = false;
     for (int64_t b = 0; b < batch; ++b) {
       const double e = static_cast<double>(eps[b]);
-      if (!l2_inside(sq[b], e)) {
-        shrink[b] = l2_shrink_factor(sq[b], e);
+      if (!lp_inside(p, sq[b], e)) {
+        shrink[b] = lp_shrink_factor(p, sq[b], e);
         any = true;
       }
     }

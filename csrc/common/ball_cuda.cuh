@@ -26,7 +26,7 @@ struct NeverSkip {
 template <typename scalar_t, typename Skip>
 __global__ void __launch_bounds__(kThreads)
     l2_fit_kernel(scalar_t* x, const scalar_t* c, const opmath_t<scalar_t>* eps, int64_t n,
-                  Skip skip) {
+                  Skip skip, int p) {
   if (skip()) return;
   __shared__ double shrink;
   const int64_t b = blockIdx.x;
@@ -36,11 +36,10 @@ __global__ void __launch_bounds__(kThreads)
   for (int round = 0; round < 4; ++round) {
     double acc = 0.0;
     for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
-      const double d = to_double(xs[i]) - (cs == nullptr ? 0.0 : to_double(cs[i]));
-      acc += d * d;
+      acc += lp_term(p, to_double(xs[i]) - (cs == nullptr ? 0.0 : to_double(cs[i])));
     }
     acc = block_reduce_sum(acc);
-    if (threadIdx.x == 0) shrink = l2_inside(acc, e) ? -1.0 : l2_shrink_factor(acc, e);
+    if (threadIdx.x == 0) shrink = lp_inside(p, acc, e) ? -1.0 : lp_shrink_factor(p, acc, e);
     __syncthreads();
     const double s = shrink;
     if (s < 0.0) return;  // every thread read the same value: all leave together
@@ -51,11 +50,12 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// p = 1 fits the L1 ball the same way (the exact projection's l1).
 template <typename scalar_t, typename Skip = NeverSkip>
 void l2_fit(scalar_t* x, const scalar_t* c, const opmath_t<scalar_t>* eps, int64_t batch,
-            int64_t n, cudaStream_t stream, Skip skip = Skip{}) {
+            int64_t n, cudaStream_t stream, Skip skip = Skip{}, int p = 2) {
   if (batch == 0 || n == 0) return;
-  l2_fit_kernel<scalar_t><<<checked_grid(batch, "L2 fit"), kThreads, 0, stream>>>(x, c, eps, n, skip);
+  l2_fit_kernel<scalar_t><<<checked_grid(batch, "L2 fit"), kThreads, 0, stream>>>(x, c, eps, n, skip, p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

@@ -120,4 +120,14 @@ ADVX_HD double l2_shrink_factor(double sumsq, double eps) {
   return eps / sqrt(sumsq) * (1.0 - 0x1p-30);
 }
 
+// The same for the L1 ball (p = 1: `sum` is the sum of |r - c|) and L2 (p = 2: the sum
+// of squares), for the fits that serve both (the exact projection).
+ADVX_HD double lp_term(int p, double d) { return p == 1 ? (d < 0 ? -d : d) : d * d; }
+ADVX_HD bool lp_inside(int p, double sum, double eps) {
+  return p == 1 ? sum <= eps * (1.0 - 0x1p-40) : l2_inside(sum, eps);
+}
+ADVX_HD double lp_shrink_factor(int p, double sum, double eps) {
+  return p == 1 ? eps / sum * (1.0 - 0x1p-30) : l2_shrink_factor(sum, eps);
+}
+
 }  // namespace advx

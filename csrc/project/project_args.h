@@ -60,6 +60,30 @@ inline PgdStepArgs pgd_step_args(const at::Tensor& x_adv, const at::Tensor& grad
 
 // The result into the caller's tensor (when it was worked on through a copy), whose
 // version counter the update bumps either way.
+struct ProjectOntoArgs {
+  at::Tensor x, center, eps;
+  int64_t batch, n;
+  int p;  // 0: linf, 1: l1, 2: l2
+};
+
+inline ProjectOntoArgs project_onto_args(const at::Tensor& x, const at::Tensor& center,
+                                         const at::Tensor& eps, const std::string& norm, double lo,
+                                         double hi) {
+  TORCH_CHECK(norm == "linf" || norm == "l2" || norm == "l1",
+              "norm must be 'linf', 'l2' or 'l1', got '", norm, "'");
+  check_floating(x, "x");
+  check_same_like(x, "x", center, "center");
+  check_budget(eps, "eps", x);
+  TORCH_CHECK(!(lo > hi), "bounds must satisfy lo <= hi, got (", lo, ", ", hi, ")");
+  check_writable(x, "x");
+  const at::Tensor c = readable_beside(center, x);
+  const bool direct = same_flat_layout(x, c);
+  at::Tensor work = direct ? x : x.contiguous();
+  const int64_t batch = batch_of(work);
+  return {work, direct ? c : c.contiguous(), eps.contiguous(), batch,
+          batch == 0 ? 0 : work.numel() / batch, norm == "linf" ? 0 : (norm == "l1" ? 1 : 2)};
+}
+
 inline void write_back(at::Tensor& target, const at::Tensor& worked) {
   if (!worked.is_same(target)) target.copy_(worked);
   bump_version(target);

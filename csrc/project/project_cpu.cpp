@@ -10,6 +10,7 @@
 #include "common/exact.h"
 #include "project/project_args.h"
 #include "project/project_math.h"
+#include "project/project_onto_math.h"
 
 namespace advx {
 namespace {
@@ -110,11 +111,76 @@ void pgd_step_cpu(at::Tensor x_adv, const at::Tensor& grad, const at::Tensor& x_
   project::write_back(x_adv, x);
 }
 
+// One sample of the exact projection onto the l1 / l2 ball (p) and the box: the smallest
+// multiplier whose point is inside, by bisection in double, then the write.
+template <typename scalar_t>
+void project_onto_sample(scalar_t* x, const scalar_t* c, int64_t n, int p, double eps, double lo,
+                         double hi) {
+  const auto measure = [&](double m) {
+    double sum = 0.0;
+    for (int64_t i = 0; i < n; ++i) {
+      const double ci = to_double(c[i]);
+      sum += project::onto_measure(p, project::onto_coord(p, to_double(x[i]), ci, m, lo, hi), ci);
+    }
+    return sum;
+  };
+  const double limit = project::onto_limit(p, eps);
+  double m_hi = 0.0;
+  if (measure(0.0) > limit) {
+    double m_lo = 0.0;
+    m_hi = 1.0;
+    for (int k = 0; k < project::kOntoDoublings && measure(m_hi) > limit; ++k) {
+      m_lo = m_hi;
+      m_hi *= 2.0;
+    }
+    for (int k = 0; k < project::kOntoBisections; ++k) {
+      const double mid = 0.5 * (m_lo + m_hi);
+      (measure(mid) <= limit ? m_hi : m_lo) = mid;
+    }
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    x[i] = static_cast<scalar_t>(project::onto_coord(p, to_double(x[i]), to_double(c[i]), m_hi, lo, hi));
+  }
+}
+
+void project_onto_cpu(at::Tensor x, const at::Tensor& center, const at::Tensor& eps, std::string norm,
+                      double lo, double hi) {
+  const project::ProjectOntoArgs args = project::project_onto_args(x, center, eps, norm, lo, hi);
+  if (args.x.numel() == 0) return;
+  const int64_t batch = args.batch, n = args.n;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, args.x.scalar_type(), "project_onto_", [&] {
+    using T = opmath_t<scalar_t>;
+    scalar_t* xp = args.x.data_ptr<scalar_t>();
+    const scalar_t* cp = args.center.data_ptr<scalar_t>();
+    const T* ep = args.eps.data_ptr<T>();
+    const T tlo = box_lo<scalar_t>(lo), thi = box_hi<scalar_t>(hi);
+    if (args.p == 0) {  // the ball is a box too: one clamp per element
+      for_each_sample_piece(batch, n, [&](int64_t b, int64_t s, int64_t t) {
+        for (int64_t i = s; i < t; ++i) {
+          const T ci = static_cast<T>(cp[i]);
+          xp[i] = linf_store<scalar_t>(linf_ball_box(static_cast<T>(xp[i]), ci, ep[b], tlo, thi), ci, ep[b]);
+        }
+      });
+      return;
+    }
+    // the box bounds as values of scalar_t, so the rounded write stays inside
+    at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) {
+        project_onto_sample<scalar_t>(xp + b * n, cp + b * n, n, args.p, static_cast<double>(ep[b]),
+                                      static_cast<double>(tlo), static_cast<double>(thi));
+      }
+    });
+    cpu::l2_fit<scalar_t>(xp, cp, ep, batch, n, args.p);
+  });
+  project::write_back(x, args.x);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(advx, CPU, m) {
   m.impl("project_", &project_cpu);
   m.impl("pgd_step_", &pgd_step_cpu);
+  m.impl("project_onto_", &project_onto_cpu);
 }
 
 }  // namespace advx

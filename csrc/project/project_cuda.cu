@@ -18,6 +18,7 @@
 #include "common/exact.h"
 #include "project/project_args.h"
 #include "project/project_math.h"
+#include "project/project_onto_math.h"
 
 namespace advx {
 namespace {
@@ -380,11 +381,95 @@ void pgd_step_cuda(at::Tensor x_adv, const at::Tensor& grad, const at::Tensor& x
   project::write_back(x_adv, x);
 }
 
+// The exact projection onto the l1 / l2 ball (p) and the box: block b bisects sample b's
+// multiplier in double (every evaluation one pass over the sample and a fixed-order block
+// sum), then writes. lo, hi are values of scalar_t (box_lo / box_hi).
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads)
+    project_onto_kernel(scalar_t* x, const scalar_t* c, const opmath_t<scalar_t>* eps, int64_t n,
+                        int p, double lo, double hi) {
+  __shared__ double total;
+  const int64_t b = blockIdx.x;
+  scalar_t* xs = x + b * n;
+  const scalar_t* cs = c + b * n;
+  const auto measure = [&](double m) {
+    double acc = 0.0;
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+      const double ci = to_double(cs[i]);
+      acc += project::onto_measure(p, project::onto_coord(p, to_double(xs[i]), ci, m, lo, hi), ci);
+    }
+    acc = cuda::block_reduce_sum(acc);
+    if (threadIdx.x == 0) total = acc;
+    __syncthreads();
+    const double out = total;
+    __syncthreads();  // `total` free for the next evaluation
+    return out;
+  };
+  const double limit = project::onto_limit(p, static_cast<double>(eps[b]));
+  double m_hi = 0.0;
+  if (measure(0.0) > limit) {  // every thread takes the same branches: the sums are shared
+    double m_lo = 0.0;
+    m_hi = 1.0;
+    for (int k = 0; k < project::kOntoDoublings && measure(m_hi) > limit; ++k) {
+      m_lo = m_hi;
+      m_hi *= 2.0;
+    }
+    for (int k = 0; k < project::kOntoBisections; ++k) {
+      const double mid = 0.5 * (m_lo + m_hi);
+      if (measure(mid) <= limit) {
+        m_hi = mid;
+      } else {
+        m_lo = mid;
+      }
+    }
+  }
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+    xs[i] = static_cast<scalar_t>(project::onto_coord(p, to_double(xs[i]), to_double(cs[i]), m_hi, lo, hi));
+  }
+}
+
+template <typename scalar_t, typename T>
+struct LinfOnto {
+  const T* eps;
+  T lo, hi;
+  __device__ scalar_t operator()(int64_t b, T x, T c, T) const {
+    return linf_store<scalar_t>(linf_ball_box(x, c, eps[b], lo, hi), c, eps[b]);
+  }
+};
+
+void project_onto_cuda(at::Tensor x, const at::Tensor& center, const at::Tensor& eps, std::string norm,
+                       double lo, double hi) {
+  const project::ProjectOntoArgs args = project::project_onto_args(x, center, eps, norm, lo, hi);
+  if (args.x.numel() == 0) return;
+  const c10::cuda::CUDAGuard guard(x.device());
+  const int64_t batch = args.batch, n = args.n;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, args.x.scalar_type(), "project_onto_", [&] {
+    using L = Launcher<scalar_t>;
+    using T = typename L::T;
+    scalar_t* xp = args.x.data_ptr<scalar_t>();
+    const scalar_t* cp = args.center.data_ptr<scalar_t>();
+    const T* ep = args.eps.data_ptr<T>();
+    const T tlo = box_lo<scalar_t>(lo), thi = box_hi<scalar_t>(hi);
+    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+    if (args.p == 0) {
+      const L launch(batch, n, {xp, cp});
+      launch.template map<2>(xp, xp, cp, nullptr, LinfOnto<scalar_t, T>{ep, tlo, thi});
+      return;
+    }
+    project_onto_kernel<scalar_t><<<cuda::checked_grid(batch, "project_onto_"), kThreads, 0, stream>>>(
+        xp, cp, ep, n, args.p, static_cast<double>(tlo), static_cast<double>(thi));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    cuda::l2_fit<scalar_t>(xp, cp, ep, batch, n, stream, cuda::NeverSkip{}, args.p);
+  });
+  project::write_back(x, args.x);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(advx, CUDA, m) {
   m.impl("project_", &project_cuda);
   m.impl("pgd_step_", &pgd_step_cuda);
+  m.impl("project_onto_", &project_onto_cuda);
 }
 
 }  // namespace advx

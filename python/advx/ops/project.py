@@ -5,7 +5,9 @@ import torch
 
 from .. import _validate
 
-__all__ = ["project_", "pgd_step_"]
+__all__ = ["project_", "pgd_step_", "project_onto_"]
+
+ONTO_NORMS = ("linf", "l2", "l1")
 
 
 def project_(delta: torch.Tensor, eps, norm: str = "linf") -> torch.Tensor:
@@ -50,6 +52,33 @@ def pgd_step_(
     with torch.no_grad():
         torch.ops.advx.pgd_step_.default(x_adv, grad, x_orig, eps, alpha, norm, lo, hi)
     return x_adv
+
+
+def project_onto_(x: torch.Tensor, center: torch.Tensor, eps, norm: str = "l2", bounds=(0.0, 1.0)) -> torch.Tensor:
+    """The Euclidean projection of each sample of ``x`` onto ``{z : ||z - center|| <= eps}``
+    intersected with the box ``bounds``, in place: the point of that set nearest to x.
+
+    Not the same as scaling into the ball and then clamping (what ``pgd_step_`` does, as
+    the published attacks do): for an L2 ball that is cut by the box, clamping after
+    scaling can land farther from x than the nearest point. ``norm``: "linf", "l2" or
+    "l1"; ``eps`` a float or a ``[B]`` tensor; ``bounds=None``: no box. ``center`` must
+    lie in the box (else the set may be empty: x then ends next to the clamped center).
+    The result lies in the ball and the box in x's own dtype. Returns ``x``.
+    """
+    if norm not in ONTO_NORMS:
+        raise ValueError(f"norm must be one of {ONTO_NORMS}, got {norm!r}")
+    lo, hi = _validate.bounds(bounds)
+    _validate.batched(x, "x")
+    _validate.same_shape(x, "x", center, "center")
+    eps = _validate.budget_tensor(eps, "eps", x)
+    with torch.no_grad():
+        torch.ops.advx.project_onto_.default(x, center, eps, norm, lo, hi)
+    return x
+
+
+@torch.library.register_fake("advx::project_onto_")
+def _project_onto_fake(x, center, eps, norm, lo, hi):
+    return None
 
 
 @torch.library.register_fake("advx::project_")

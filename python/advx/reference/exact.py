@@ -8,7 +8,7 @@ import math
 
 import torch
 
-__all__ = ["math_dtype", "radius", "box_bounds", "into_linf_", "into_l2_"]
+__all__ = ["math_dtype", "radius", "box_bounds", "into_linf_", "into_l2_", "into_l1_"]
 
 
 def math_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -70,21 +70,26 @@ def into_linf_(r: torch.Tensor, center: torch.Tensor, eps: torch.Tensor) -> torc
     return r.copy_(torch.where(out, _neighbour(r, d < 0), r))
 
 
-def into_l2_(r: torch.Tensor, center: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+def into_l1_(r: torch.Tensor, center: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """into_l2_ for the L1 ball."""
+    return into_l2_(r, center, eps, p=1)
+
+
+def into_l2_(r: torch.Tensor, center: torch.Tensor, eps: torch.Tensor, p: int = 2) -> torch.Tensor:
     """Samples with ||r - c|| > eps in float64 (up to a relative 2^-40 of eps^2) shrunk
     toward the center, by the factor eps / ||r - c|| * (1 - 2^-30) and one more step of
-    r's dtype, until inside."""
+    r's dtype, until inside (p = 1: the same for the L1 norm)."""
     if r.numel() == 0:
         return r
     flat_r, flat_c = r.reshape(r.shape[0], -1).clone(), center.reshape(r.shape[0], -1).double()
     e = eps.double()
     for _ in range(8):
         d = flat_r.double() - flat_c
-        sumsq = (d * d).sum(dim=1)
-        outside = sumsq > e * e * (1 - 2.0 ** -40)
+        size = (d * d).sum(dim=1) if p == 2 else d.abs().sum(dim=1)
+        outside = size > (e * e if p == 2 else e) * (1 - 2.0 ** -40)
         if not bool(outside.any()):
             break
-        shrink = (e / sumsq.sqrt() * (1 - 2.0 ** -30)).unsqueeze(1)
+        shrink = (e / (size.sqrt() if p == 2 else size) * (1 - 2.0 ** -30)).unsqueeze(1)
         moved = (flat_c + d * shrink).to(r.dtype)
         md = moved.double() - flat_c
         same_side = (md * d) > 0

@@ -51,3 +51,48 @@ def pgd_step_(x_adv, grad, x_orig, eps, alpha, norm="linf", bounds=(0.0, 1.0)):
     x_adv.copy_(x if box is None else torch.clamp(x, *box))
     into = exact.into_linf_ if norm == "linf" else exact.into_l2_
     return into(x_adv, x_orig, radius)
+
+
+@torch.no_grad()
+def project_onto_(x, center, eps, norm="l2", bounds=(0.0, 1.0)):
+    """The nearest point of {z : ||z - center|| <= eps} ∩ box, per sample, in float64: for
+    l2 z = clamp((x + lam c) / (1 + lam)), for l1 z = clamp(c + soft_threshold(x - c, tau)),
+    with the smallest multiplier (bisection) that puts z in the ball; linf a clamp."""
+    if x.numel() == 0:
+        return x
+    box = (-math.inf, math.inf) if bounds is None else exact.box_bounds(bounds, x.dtype)
+    radius = exact.radius(eps, x)
+    y, c = x.double().reshape(x.shape[0], -1), center.double().reshape(x.shape[0], -1)
+    e = radius.double()
+    if norm == "linf":
+        z = torch.minimum(torch.maximum(y, torch.clamp(c - e[:, None], min=box[0])), torch.clamp(c + e[:, None], max=box[1]))
+        out = x.copy_(z.reshape(x.shape).to(x.dtype))
+        return exact.into_linf_(out, center, radius)
+
+    def point(m):
+        if norm == "l2":
+            return ((y + m[:, None] * c) / (1 + m[:, None])).clamp(*box)
+        d = y - c
+        return (c + d.sign() * (d.abs() - m[:, None]).clamp_min(0)).clamp(*box)
+
+    def measure(m):
+        d = point(m) - c
+        return (d * d).sum(1) if norm == "l2" else d.abs().sum(1)
+
+    limit = e * e if norm == "l2" else e
+    m_lo, m_hi = torch.zeros_like(e), torch.ones_like(e)
+    inside = measure(torch.zeros_like(e)) <= limit
+    for _ in range(200):
+        far = measure(m_hi) > limit
+        if not bool(far.any()):
+            break
+        m_lo, m_hi = torch.where(far, m_hi, m_lo), torch.where(far, m_hi * 2, m_hi)
+    for _ in range(60):
+        mid = (m_lo + m_hi) / 2
+        ok = measure(mid) <= limit
+        m_lo, m_hi = torch.where(ok, m_lo, mid), torch.where(ok, mid, m_hi)
+    m = torch.where(inside, torch.zeros_like(e), m_hi)
+    x.copy_(point(m).reshape(x.shape).to(x.dtype))
+    if norm == "l2":
+        return exact.into_l2_(x, center, radius)
+    return exact.into_l1_(x, center, radius)
