@@ -46,7 +46,8 @@ def images_in(shape, bounds, dtype, gen):
 def assert_inside(adv, x, eps, norm, bounds):
     assert adv.dtype == x.dtype
     d = (adv.double() - x.double()).reshape(x.shape[0], -1)
-    size = d.abs().amax(dim=1) if norm == "linf" else torch.linalg.vector_norm(d, dim=1)
+    size = {"linf": lambda: d.abs().amax(dim=1), "l1": lambda: d.abs().sum(dim=1),
+            "l2": lambda: torch.linalg.vector_norm(d, dim=1)}[norm]()
     if eps is not None:
         assert bool((size <= eps).all()), f"{norm} sizes {size.tolist()} exceed eps {eps}"
     if bounds is not None:
@@ -93,6 +94,8 @@ ATTACKS = [
     ("pgd-momentum", lambda m, eps, norm, b: advx.attacks.PGD(m, eps, steps=3, norm=norm, bounds=b,
                                                               optimizer="momentum", seed=0)),
     ("fgsm", lambda m, eps, norm, b: advx.attacks.FGSM(m, eps, bounds=b)),
+    ("pgd-l1", lambda m, eps, norm, b: advx.attacks.PGD(m, eps, steps=3, norm="l1", bounds=b, seed=0,
+                                                        l1_sparsity=0.3)),
     ("apgd", lambda m, eps, norm, b: advx.attacks.APGD(m, eps, norm, steps=4, bounds=b, seed=0)),
     ("square", lambda m, eps, norm, b: advx.attacks.Square(m, eps, "linf", queries=20, seed=0, bounds=b)),
     ("apgd-t", lambda m, eps, norm, b: advx.attacks.APGDT(m, eps, norm, steps=3, n_targets=2, bounds=b, seed=0)),
@@ -106,6 +109,8 @@ def test_attacks_stay_inside(name, make, case):
     dtype, shape, norm, eps, bounds, seed = case
     if name in ("fgsm", "square"):
         norm = "linf"
+    if name == "pgd-l1":
+        norm = "l1"
     if name == "square":
         shape = (shape[0], 1, 3, shape[-1])  # [B, C, H, W]
     gen = torch.Generator().manual_seed(seed)

@@ -144,3 +144,50 @@ def test_bad_input():
     with pytest.raises(ValueError, match="x has elements that share memory"):
         ops.project_onto_(torch.zeros(1, 1).expand(2, 5), c, 0.1)
     assert math.isfinite(float(ops.project_onto_(y.clone(), c, 0.1).sum()))
+
+
+# ---- PGD with an L1 budget: the sparse step and the exact projection ----------------
+
+def test_l1_pgd_stays_inside_and_attacks(digits_cache_dir):
+    from advx.attacks import PGD
+    from advx.data import load_digits
+    from advx.models import train_digits_cnn
+
+    model = train_digits_cnn(digits_cache_dir).eval()
+    split = load_digits()
+    x, y = split.test_images[:100], split.test_labels[:100]
+    weak = PGD(model, 1.0, steps=20, norm="l1", seed=0).run(x, y)
+    strong = PGD(model, 4.0, steps=20, norm="l1", seed=0).run(x, y)
+    for res, eps in ((weak, 1.0), (strong, 4.0)):
+        assert float(sizes(res.adv, x, "l1").max()) <= eps
+        assert res.adv.min() >= 0 and res.adv.max() <= 1
+        torch.testing.assert_close(res.norm, sizes(res.adv, x, "l1").float())
+    assert strong.success_rate > weak.success_rate > 0
+
+
+def test_l1_step_is_sparse():
+    from torch import nn
+
+    from advx.attacks import PGD
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(100, 3))
+    x = torch.full((2, 100), 0.5)
+    adv = PGD(model, 10.0, alpha=1.0, steps=1, norm="l1", random_start=False, l1_sparsity=0.05)(
+        x, torch.tensor([0, 1]))
+    changed = ((adv - x).abs() > 0).sum(dim=1)
+    assert changed.tolist() == [5, 5]  # 5 % of 100 coordinates
+    torch.testing.assert_close((adv - x).abs().sum(dim=1), torch.ones(2))  # alpha = 1 of unit L1 steps
+
+
+def test_l1_pgd_bad_input():
+    from torch import nn
+
+    from advx.attacks import PGD
+
+    model = nn.Linear(4, 2)
+    with pytest.raises(ValueError, match="optimizer='sign'"):
+        PGD(model, 1.0, norm="l1", optimizer="adam")
+    with pytest.raises(ValueError, match="l1_sparsity"):
+        PGD(model, 1.0, norm="l1", l1_sparsity=0.0)
+    with pytest.raises(ValueError, match="norm must be one of"):
+        PGD(model, 1.0, norm="l0")

@@ -20,12 +20,13 @@ __all__ = ["NORMS", "norm", "bounds", "positive", "budget", "budget_tensor", "ma
            "batched", "same_shape", "tensor_list", "scalar_tensor", "learning_rate", "steps", "seed"]
 
 NORMS = ("linf", "l2")
+L1_NORMS = NORMS + ("l1",)  # where an L1 ball is supported (project_onto_, PGD)
 
 
-def norm(value) -> str:
-    """One of NORMS."""
-    if value not in NORMS:
-        raise ValueError(f"norm must be one of {NORMS}, got {value!r}")
+def norm(value, allowed: tuple = NORMS) -> str:
+    """One of ``allowed`` (NORMS by default)."""
+    if value not in allowed:
+        raise ValueError(f"norm must be one of {allowed}, got {value!r}")
     return value
 
 

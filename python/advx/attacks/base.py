@@ -97,6 +97,8 @@ def sample_norms(delta: torch.Tensor, norm: str) -> torch.Tensor:
     flat = delta.reshape(delta.shape[0], -1)
     if norm == "linf":
         return flat.abs().amax(dim=1)
+    if norm == "l1":
+        return flat.abs().sum(dim=1)
     return torch.linalg.vector_norm(flat, dim=1)
 
 

@@ -44,6 +44,10 @@ def check_optimizer(optimizer, allowed=OPTIMIZERS) -> str:
 class PGD(Attack):
     """Projected gradient ascent on the cross-entropy inside an ``eps`` ball.
 
+    ``norm``: "linf", "l2" or "l1". L1 takes the sparse steepest-ascent step (the sign of
+    the gradient on its ``l1_sparsity`` fraction of largest coordinates, unit L1 norm)
+    and the exact projection onto the L1 ball and the box (``advx.ops.project_onto_``).
+
     ``alpha`` (the step of ``optimizer="sign"``) defaults to ``2.5 * eps / steps``;
     ``lr`` (the other optimizers) defaults to ``alpha``. ``eps`` may be a ``[B]``
     tensor: one budget per sample. ``early_stop`` freezes samples once adversarial.
@@ -55,12 +59,17 @@ class PGD(Attack):
 
     def __init__(self, model, eps, alpha=None, steps: int = 10, norm: str = "linf", *,
                  random_start: bool = True, targeted: bool = False, optimizer: str = "sign",
-                 lr=None, early_stop: bool = False, bounds=(0.0, 1.0), seed=None):
+                 lr=None, early_stop: bool = False, bounds=(0.0, 1.0), seed=None, l1_sparsity: float = 0.05):
         super().__init__(model, targeted=targeted, bounds=bounds)
         self.eps = _validate.budget(eps, "eps")
         self.alpha = _validate.budget(alpha, "alpha", allow_none=True)
         self.steps = _validate.steps(steps)
-        self.norm = _validate.norm(norm)
+        self.norm = _validate.norm(norm, _validate.L1_NORMS)
+        if not 0.0 < float(l1_sparsity) <= 1.0:
+            raise ValueError(f"l1_sparsity must lie in (0, 1], got {l1_sparsity}")
+        self.l1_sparsity = float(l1_sparsity)
+        if self.norm == "l1" and optimizer != "sign":
+            raise ValueError("norm='l1' takes optimizer='sign' (the sparse steepest-ascent step) only")
         self.random_start = bool(random_start)
         self.optimizer = check_optimizer(optimizer)
         self.lr = _validate.budget(lr, "lr", allow_none=True)
@@ -100,6 +109,17 @@ class PGD(Attack):
                 noise.uniform_(-eps, eps, generator=gen)  # the draw torchattacks makes
             else:
                 noise.uniform_(-1.0, 1.0, generator=gen).mul_(per_sample(eps, images))
+        elif self.norm == "l1":  # uniform direction on the L1 sphere (Laplace, normalized), radius eps U^(1/d)
+            dims = images[0].numel()
+            noise.exponential_(generator=gen).mul_(
+                torch.randint(0, 2, images.shape, generator=gen, device=images.device).to(images.dtype) * 2 - 1)
+            radius = torch.rand(images.shape[0], generator=gen, device=images.device,
+                                dtype=images.dtype).pow_(1.0 / dims)
+            radius = per_sample(radius, images) * per_sample(eps, images)
+            noise.div_(per_sample(sample_norms(noise, "l1").clamp_min(1e-30), images)).mul_(radius)
+            x = clamp_box(x.add_(noise), self.bounds)
+            eps_b = _validate.budget_tensor(eps, "eps", images)
+            return ops.project_onto_(x, images, eps_b, "l1", self.bounds)  # exact in the dtype
         else:
             dims = images[0].numel()
             noise.normal_(generator=gen)
@@ -121,6 +141,9 @@ class PGD(Attack):
             def update(x, grad):
                 ops.pgd_step_(x, grad, images, eps_b, alpha_b, self.norm, self.bounds)
 
+            if self.norm == "l1":
+                update = self._l1_update(images, eps_b, alpha_b)
+
             mean_grad = True
         else:
             opt = make_optimizer(self.optimizer, [x_adv], self._lr(eps, images.dtype), maximize=True,
@@ -134,6 +157,25 @@ class PGD(Attack):
             mean_grad = False
         return self._loop(images, labels, x_adv, self.steps, update, record_loss=record_loss, report=report,
                           early_stop=self.early_stop, mean_grad=mean_grad)
+
+
+    def _l1_update(self, images, eps_b, alpha_b):
+        """The sparse L1 steepest-ascent step: the sign of the gradient on its
+        ``l1_sparsity`` fraction of largest-magnitude coordinates, scaled to unit L1 norm,
+        times alpha; then the exact projection onto the L1 ball and the box."""
+        batch = images.shape[0]
+        k = max(1, int(round(self.l1_sparsity * images[0].numel())))
+        alpha = alpha_b.to(images.dtype).reshape(-1, *([1] * (images.dim() - 1)))
+
+        def update(x, grad):
+            with torch.no_grad():
+                flat = grad.reshape(batch, -1)
+                top = flat.abs().topk(k, dim=1).indices
+                step = torch.zeros_like(flat).scatter_(1, top, flat.gather(1, top).sign() / k)
+                x.add_(alpha * step.reshape(x.shape))
+                ops.project_onto_(x, images, eps_b, "l1", self.bounds)
+
+        return update
 
 
 class FGSM(PGD):

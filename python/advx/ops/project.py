@@ -7,8 +7,6 @@ from .. import _validate
 
 __all__ = ["project_", "pgd_step_", "project_onto_"]
 
-ONTO_NORMS = ("linf", "l2", "l1")
-
 
 def project_(delta: torch.Tensor, eps, norm: str = "linf") -> torch.Tensor:
     """Project each sample of ``delta`` onto the ``norm`` ball of radius ``eps``, in place.
@@ -65,8 +63,7 @@ def project_onto_(x: torch.Tensor, center: torch.Tensor, eps, norm: str = "l2", 
     lie in the box (else the set may be empty: x then ends next to the clamped center).
     The result lies in the ball and the box in x's own dtype. Returns ``x``.
     """
-    if norm not in ONTO_NORMS:
-        raise ValueError(f"norm must be one of {ONTO_NORMS}, got {norm!r}")
+    norm = _validate.norm(norm, _validate.L1_NORMS)
     lo, hi = _validate.bounds(bounds)
     _validate.batched(x, "x")
     _validate.same_shape(x, "x", center, "center")
