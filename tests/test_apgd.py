@@ -145,3 +145,43 @@ def test_a_run_does_not_sync(cls, norm, monkeypatch):
     monkeypatch.setattr(cls, "_single_run", run_without_syncs)
     adv = atk(x, y)
     assert float((adv - x).abs().max()) <= 0.1 + 1e-6 or norm == "l2"
+
+
+@pytest.fixture(scope="module")
+def bn_digits():
+    """A second model the suite trains in seconds: BatchNorm, fed channels_last images."""
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                          nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(32 * 16, 10))
+    split = load_digits()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    x, y = split.train_images.contiguous(memory_format=torch.channels_last), split.train_labels
+    for _ in range(6):
+        for idx in torch.randperm(x.shape[0]).split(64):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+    model.eval()
+    xt = split.test_images[:200].contiguous(memory_format=torch.channels_last)
+    return model, xt, split.test_labels[:200]
+
+
+def test_apgd_on_a_batchnorm_channels_last_model(bn_digits):
+    torchattacks = pytest.importorskip("torchattacks")
+    model, x, y = bn_digits
+    assert robust(model, x, y) > 0.9  # trained
+    buffers = [b.clone() for b in model.buffers()]
+    for ours, theirs in ((APGD(model, 0.1, steps=100, seed=0),
+                          torchattacks.APGD(model, norm="Linf", eps=0.1, steps=100, n_restarts=1, seed=0, loss="ce")),
+                         (APGDT(model, 0.1, steps=100, n_targets=4, seed=0),
+                          torchattacks.APGDT(model, norm="Linf", eps=0.1, steps=100, n_restarts=1, seed=0,
+                                             n_classes=10))):
+        a = ours(x, y)
+        theirs.n_target_classes = 4
+        b = theirs(x, y)
+        assert robust(model, a, y) <= robust(model, b, y) + 0.01
+        assert float((a - x).abs().max()) <= 0.1
+    assert all(torch.equal(p, q) for p, q in zip(buffers, model.buffers()))  # BatchNorm statistics untouched
