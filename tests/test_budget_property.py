@@ -97,7 +97,7 @@ ATTACKS = [
     ("pgd-l1", lambda m, eps, norm, b: advx.attacks.PGD(m, eps, steps=3, norm="l1", bounds=b, seed=0,
                                                         l1_sparsity=0.3)),
     ("apgd", lambda m, eps, norm, b: advx.attacks.APGD(m, eps, norm, steps=4, bounds=b, seed=0)),
-    ("square", lambda m, eps, norm, b: advx.attacks.Square(m, eps, "linf", queries=20, seed=0, bounds=b)),
+    ("square", lambda m, eps, norm, b: advx.attacks.Square(m, eps, norm, queries=20, seed=0, bounds=b)),
     ("apgd-t", lambda m, eps, norm, b: advx.attacks.APGDT(m, eps, norm, steps=3, n_targets=2, bounds=b, seed=0)),
 ]
 
@@ -107,7 +107,7 @@ ATTACKS = [
 @given(case=cases())
 def test_attacks_stay_inside(name, make, case):
     dtype, shape, norm, eps, bounds, seed = case
-    if name in ("fgsm", "square"):
+    if name == "fgsm":
         norm = "linf"
     if name == "pgd-l1":
         norm = "l1"

@@ -125,8 +125,6 @@ def test_square_pieces():
     logits = torch.tensor([[2.0, 1.0, -1.0], [0.0, 3.0, 1.0]])
     torch.testing.assert_close(margin(logits, torch.tensor([0, 0])), torch.tensor([1.0, -3.0]))
     model = small_cnn()
-    with pytest.raises(NotImplementedError, match="linf"):
-        Square(model, 0.5, norm="l2")
     with pytest.raises(ValueError, match=r"\[B, C, H, W\]"):
         Square(model, 0.1, queries=3)(torch.rand(2, 64), torch.zeros(2, dtype=torch.long))
     x = images(5)
@@ -134,12 +132,25 @@ def test_square_pieces():
     assert torch.equal(res.success, res.first_success >= 0) and not res.zero_grad.any()
 
 
-def test_l2_cascade_says_square_is_missing():
+def test_square_l2_as_strong_as_torchattacks_and_inside(digits):
+    torchattacks = pytest.importorskip("torchattacks")
+    from advx.attacks import Square
+
+    model, x, y = digits
+    ours = Square(model, 1.0, "l2", queries=200, seed=0)(x, y)
+    theirs = torchattacks.Square(model, norm="L2", eps=1.0, n_queries=200, n_restarts=1, seed=0)(x, y)
+    with torch.no_grad():
+        r_ours = float((model(ours).argmax(1) == y).float().mean())
+        r_theirs = float((model(theirs).argmax(1) == y).float().mean())
+    assert r_ours <= r_theirs + 0.01
+    assert float((ours.double() - x.double()).flatten(1).norm(dim=1).max()) <= 1.0
+
+
+def test_l2_cascade_runs_square():
     model = small_cnn()
     x = images(4)
-    with pytest.warns(EvaluationWarning, match="square is not available"):
-        ev = evaluate(model, (x, predicted(model, x)), 0.3, norm="l2", attacks=("pgd", "square"), progress=False)
-    assert ev.attacks == ["pgd"] and any("square is not available" in w for w in ev.warnings)
+    ev = evaluate(model, (x, predicted(model, x)), 0.3, norm="l2", attacks=("pgd", "square"), progress=False)
+    assert ev.attacks == ["pgd", "square"] and ev.warnings == []
 
 
 def test_robust_accuracy_worst_case_row(digits):

@@ -235,8 +235,6 @@ def _eval_suite(args, model, eps: float) -> list:
     }
     if "fgsm" in args.attacks and args.norm != "linf":
         raise CLIError("fgsm is an L-inf attack: use --norm linf or drop it from --attacks")
-    if "square" in args.attacks and args.norm != "linf":
-        raise CLIError("square is implemented for --norm linf only so far: drop it from --attacks")
     try:
         return [makers[name]() for name in args.attacks]
     except (TypeError, ValueError, RuntimeError) as e:

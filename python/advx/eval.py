@@ -400,7 +400,7 @@ def evaluate(model, data, eps, norm: str = "linf", attacks=DEFAULT_EVAL_ATTACKS,
     Clean accuracy first; then each attack in ``attacks`` runs only on the samples still
     robust, and a sample counts as robust only if no attack fooled it. ``attacks``: names
     from ``EVAL_ATTACKS`` ("apgd-ce", "apgd-dlr", "apgd-t" at 100 steps, "square" at 5000
-    queries (L-inf), "pgd" at 50 steps, "fgsm") or attack objects (their own eps and norm).
+    queries, "pgd" at 50 steps, "fgsm") or attack objects (their own eps and norm).
     ``data`` as in robust_accuracy.
     """
     from . import _validate
@@ -411,10 +411,6 @@ def evaluate(model, data, eps, norm: str = "linf", attacks=DEFAULT_EVAL_ATTACKS,
     if isinstance(attacks, (str, Attack)):
         attacks = [attacks]
     notes: list = []
-    if norm != "linf" and "square" in attacks:  # Square is L-inf only so far
-        attacks = [a for a in attacks if a != "square"]
-        notes.append("square is not available for norm='l2' yet: the cascade ran without the "
-                     "gradient-free attack that exposes gradient masking")
     named = [_eval_attack(a, model, eps, norm, seed) for a in attacks]
     if not named:
         raise ValueError("attacks is empty")

@@ -6,7 +6,12 @@ L-inf: start from vertical stripes of +-eps; each query changes one square windo
 same window and signs for the batch, its side from the fraction p of the image, p
 shrinking on the published schedule) to +-eps around the image and keeps the change per
 sample if the margin loss z_y - max_{j != y} z_j went down. Only samples not yet fooled
-are queried. L2 is not implemented yet.
+are queried.
+
+L2: start from a grid of "pseudo-Gaussian" windows with random signs, scaled to norm eps;
+each query moves the perturbation's mass between two windows of side s (the first gets a
+new centered bump plus its old content, renormalized so the whole perturbation keeps
+norm eps; the second is zeroed), then rescales to eps. The construction is the paper's.
 """
 from __future__ import annotations
 
@@ -51,8 +56,6 @@ class Square(Attack):
         super().__init__(model, bounds=bounds)
         self.eps = _validate.budget(eps, "eps")
         self.norm = _validate.norm(norm)
-        if self.norm != "linf":
-            raise NotImplementedError("Square is implemented for norm='linf' only so far")
         self.queries = _validate.steps(queries)
         if not 0.0 < float(p_init) <= 1.0:
             raise ValueError(f"p_init must lie in (0, 1], got {p_init}")
@@ -65,6 +68,42 @@ class Square(Attack):
         m = margin(logits, labels)
         # a non-finite margin is never an improvement and never a success
         return torch.where(torch.isfinite(m), m, torch.full_like(m, math.inf)), ~torch.isfinite(logits).all(dim=1)
+
+    def _l2_init(self, images, gen):
+        """The L2 start: a grid of pseudo-Gaussian windows of side h // 5 with random signs."""
+        batch, c, h, w = images.shape
+        delta = torch.zeros_like(images)
+        s = max(h // 5, 1)
+        start = (h - s * 5) // 2 if h >= 5 else 0
+        for vh in range(start, h, s):
+            for vw in range(start, w, s):
+                bump = _pseudo_gaussian(s, gen, images)
+                signs = torch.randint(0, 2, (batch, c, 1, 1), generator=gen, device=images.device).to(images.dtype)
+                patch = delta[:, :, vh:vh + s, vw:vw + s]
+                patch += bump[:patch.shape[2], :patch.shape[3]] * (2 * signs - 1)
+        return delta
+
+    def _l2_query(self, x_cur, x_best_cur, e_cur, s, gen, host):
+        """One L2 proposal for the samples being queried (the paper's window move)."""
+        b, c, h, w = x_cur.shape
+        e = e_cur.to(torch.float64).reshape(-1, 1, 1, 1)
+        delta = (x_best_cur - x_cur).double()
+        vh, vw = (int(torch.randint(0, max(h - s, 0) + 1, (), generator=host)) for _ in range(2))
+        vh2, vw2 = (int(torch.randint(0, max(h - s, 0) + 1, (), generator=host)) for _ in range(2))
+        norm_window = delta[:, :, vh:vh + s, vw:vw + s].pow(2).sum(dim=(-2, -1), keepdim=True).sqrt()
+        mask = torch.zeros_like(delta)
+        mask[:, :, vh:vh + s, vw:vw + s] = 1.0
+        mask[:, :, vh2:vh2 + s, vw2:vw2 + s] = 1.0
+        norm_image = _l2(delta)
+        norm_windows = _l2(delta * mask)
+        signs = torch.randint(0, 2, (b, c, 1, 1), generator=gen, device=x_cur.device).double() * 2 - 1
+        new = _rectangles(s, s, x_cur.device).reshape(1, 1, s, s) * signs
+        new = new + delta[:, :, vh:vh + s, vw:vw + s] / (1e-12 + norm_window)
+        budget = ((e ** 2 - norm_image ** 2).clamp_min(0) / c + norm_windows ** 2).sqrt()
+        new = new / (1e-12 + new.pow(2).sum(dim=(-2, -1), keepdim=True).sqrt()) * budget
+        delta[:, :, vh2:vh2 + s, vw2:vw2 + s] = 0.0
+        delta[:, :, vh:vh + s, vw:vw + s] = new
+        return (x_cur.double() + e * delta / (_l2(delta) + 1e-12)).to(x_cur.dtype)
 
     def _attack(self, images, labels, record_loss, report=True) -> AttackResult:
         if images.dim() != 4:
@@ -79,10 +118,15 @@ class Square(Attack):
                                              int(torch.randint(0, 2 ** 31 - 1, ())))
 
         def project(v, center, e):  # into the ball around center and the box, exact in the dtype
-            return ops.pgd_step_(v.contiguous(), torch.zeros_like(v), center, e, e, "linf", self.bounds)
+            return ops.pgd_step_(v.contiguous(), torch.zeros_like(v), center, e, e, self.norm, self.bounds)
 
-        stripes = torch.randint(0, 2, (batch, c, 1, w), generator=gen, device=images.device).to(images.dtype)
-        x_best = project(images + eps_x * (2 * stripes - 1), images, eps_b)
+        if self.norm == "linf":
+            stripes = torch.randint(0, 2, (batch, c, 1, w), generator=gen, device=images.device).to(images.dtype)
+            x_best = project(images + eps_x * (2 * stripes - 1), images, eps_b)
+        else:
+            start = self._l2_init(images, gen).double()
+            x_best = project((images.double() + eps_x.double() * start / (_l2(start) + 1e-12)).to(images.dtype),
+                             images, eps_b)
         with torch.no_grad():
             check_labels(self._label_span, logits_of(self.model, x_best[:1]).shape[1])
         m_best, nonfinite = self._margin(x_best, labels)
@@ -92,14 +136,19 @@ class Square(Attack):
             if left.numel() == 0:
                 break
             p = p_schedule(self.p_init, q - 1, self.queries)
-            s = min(max(int(round(math.sqrt(p * h * w))), 1), h - 1) if h > 1 else 1
-            vh = int(torch.randint(0, max(h - s, 0) + 1, (), generator=host))
-            vw = int(torch.randint(0, max(w - s, 0) + 1, (), generator=host))
-            signs = torch.randint(0, 2, (c, 1, 1), generator=gen, device=images.device).to(images.dtype) * 2 - 1
             x_cur, e_cur = images[left], eps_b[left]
-            x_new = x_best[left].clone()
-            x_new[:, :, vh:vh + s, vw:vw + s] = x_cur[:, :, vh:vh + s, vw:vw + s] + \
-                e_cur.to(images.dtype).reshape(-1, 1, 1, 1) * signs
+            if self.norm == "linf":
+                s = min(max(int(round(math.sqrt(p * h * w))), 1), h - 1) if h > 1 else 1
+                vh = int(torch.randint(0, max(h - s, 0) + 1, (), generator=host))
+                vw = int(torch.randint(0, max(w - s, 0) + 1, (), generator=host))
+                signs = torch.randint(0, 2, (c, 1, 1), generator=gen, device=images.device).to(images.dtype) * 2 - 1
+                x_new = x_best[left].clone()
+                x_new[:, :, vh:vh + s, vw:vw + s] = x_cur[:, :, vh:vh + s, vw:vw + s] + \
+                    e_cur.to(images.dtype).reshape(-1, 1, 1, 1) * signs
+            else:
+                s = max(int(round(math.sqrt(p * h * w))), 3)
+                s = min(s + 1 - s % 2, h, w)  # odd, and at most the image
+                x_new = self._l2_query(x_cur, x_best[left], e_cur, s, gen, host)
             x_new = project(x_new, x_cur, e_cur)
             m_new, bad = self._margin(x_new, labels[left])
             nonfinite[left] |= bad
@@ -116,5 +165,33 @@ class Square(Attack):
             ce = torch.nn.functional.cross_entropy(logits.float(), labels, reduction="none")
             success = self._success(logits, labels)
         return AttackResult(adv=x_best, success=success, loss=ce.to(images.dtype),
-                            norm=sample_norms(x_best - images, "linf"), first_success=torch.where(success, first, -1),
+                            norm=sample_norms(x_best - images, self.norm), first_success=torch.where(success, first, -1),
                             zero_grad=zero_grad, nonfinite=nonfinite)
+
+
+def _l2(v: torch.Tensor) -> torch.Tensor:
+    """Per-sample L2 norm, shaped [B, 1, 1, 1]."""
+    return v.pow(2).sum(dim=(1, 2, 3), keepdim=True).sqrt()
+
+
+def _rectangles(x: int, y: int, device) -> torch.Tensor:
+    """The paper's centered bump: nested rectangles weighted 1 / (k + 1)^2, unit L2 norm."""
+    delta = torch.zeros((x, y), dtype=torch.float64, device=device)
+    cx, cy = x // 2, y // 2
+    for k in range(max(x // 2 + 1, y // 2 + 1)):
+        delta[max(cx - k, 0):min(cx - k + 2 * k + 1, x), max(cy - k, 0):min(cy - k + 2 * k + 1, y)] += 1.0 / (k + 1) ** 2
+    return delta / delta.pow(2).sum().sqrt()
+
+
+def _pseudo_gaussian(s: int, gen, like: torch.Tensor) -> torch.Tensor:
+    """Two opposite bumps stacked (the top half positive), transposed at random."""
+    delta = torch.zeros((s, s), dtype=torch.float64, device=like.device)
+    if s >= 2:
+        delta[:s // 2] = _rectangles(s // 2, s, like.device)
+        delta[s // 2:] = -_rectangles(s - s // 2, s, like.device)
+    else:
+        delta[:] = 1.0
+    delta = delta / delta.pow(2).sum().sqrt()
+    if float(torch.rand((), generator=gen, device=like.device)) > 0.5:
+        delta = delta.t()
+    return delta.to(like.dtype)
