@@ -75,6 +75,43 @@ inline opmath_t<S> box_hi(double hi) {
   return static_cast<opmath_t<S>>(s);
 }
 
+namespace detail {
+
+// r moved by `dir` representable steps of its type (-1, 0 or +1), with selects only, so
+// the CPU loops that store through it still vectorize (a branch per element did not).
+template <typename U>
+ADVX_HD U step_bits(U bits, int dir) {
+  constexpr U kSign = U(U(1) << (sizeof(U) * 8 - 1));
+  const bool negative = (bits & kSign) != 0;
+  const bool zero = (bits & U(~kSign)) == 0;
+  const U away = U(bits + 1), toward = U(bits - 1);
+  // up (dir > 0): away from zero when positive, toward it when negative; down: the reverse
+  const U moved = (dir > 0) != negative ? away : toward;
+  const U from_zero = dir > 0 ? U(1) : U(kSign | U(1));
+  return dir == 0 ? bits : (zero ? from_zero : moved);
+}
+
+template <typename S>
+ADVX_HD S step(S r, int dir);
+template <>
+ADVX_HD float step<float>(float r, int dir) {
+  return bit_cast<float>(step_bits(bit_cast<uint32_t>(r), dir));
+}
+template <>
+ADVX_HD double step<double>(double r, int dir) {
+  return bit_cast<double>(step_bits(bit_cast<uint64_t>(r), dir));
+}
+template <>
+ADVX_HD c10::Half step<c10::Half>(c10::Half r, int dir) {
+  return c10::Half(step_bits<uint16_t>(r.x, dir), c10::Half::from_bits());
+}
+template <>
+ADVX_HD c10::BFloat16 step<c10::BFloat16>(c10::BFloat16 r, int dir) {
+  return c10::BFloat16(step_bits<uint16_t>(r.x, dir), c10::BFloat16::from_bits());
+}
+
+}  // namespace detail
+
 // v (math type, already in the L-inf ball of radius eps around center and in the box)
 // rounded to S, then one step toward the center where the rounding left the ball as
 // compared in double. One step is enough: v is within half a math-type ulp of the ball,
@@ -84,9 +121,8 @@ ADVX_HD S linf_store(T v, T center, T eps) {
   const S r = static_cast<S>(v);
   const double d = to_double(r) - static_cast<double>(center);
   const double e = static_cast<double>(eps);
-  if (d > e) return neighbour(r, false);
-  if (d < -e) return neighbour(r, true);
-  return r;
+  const int dir = d > e ? -1 : (d < -e ? 1 : 0);
+  return detail::step(r, dir);
 }
 
 // The L2 repair of one sample whose rounded result r is outside the ball (||r - c|| >
