@@ -41,7 +41,7 @@ ADVX_CPU_CLONES void l2_ball_range(scalar_t* __restrict__ x, const scalar_t* __r
 // the loop is a guard. Moving toward the center keeps a sample in a box that holds it.
 // p = 1 fits the L1 ball the same way (the exact projection's l1).
 template <typename scalar_t>
-void l2_fit(scalar_t* x, const scalar_t* c, const opmath_t<scalar_t>* eps, int64_t batch, int64_t n,
+void lp_fit(scalar_t* x, const scalar_t* c, const opmath_t<scalar_t>* eps, int64_t batch, int64_t n,
             int p = 2) {
   if (batch == 0 || n == 0) return;
   for (int round = 0; round < 8; ++round) {
@@ -101,7 +101,7 @@ void l2_project(scalar_t* x, const scalar_t* center, const opmath_t<scalar_t>* e
       l2_ball_range<scalar_t, false, false>(x + s, nullptr, t - s, scale[b], tlo, thi);
     }
   });
-  l2_fit<scalar_t>(x, center, eps, batch, n);
+  lp_fit<scalar_t>(x, center, eps, batch, n);
 }
 
 }  // namespace cpu

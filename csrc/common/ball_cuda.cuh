@@ -1,9 +1,9 @@
 #pragma once
-// The CUDA L2 fit (common/exact.h): after an L2 write, every sample inside the ball as a
+// The CUDA L2 (and L1) fit (common/exact.h): after an Lp write, every sample inside the ball as a
 // float64 norm sees it. One block per sample sums (r - c)^2 in double with the fixed-order
 // block reduction and, for a sample outside (by the roundings of the write), shrinks it
 // toward its center and checks again. Used by project_/pgd_step_ (project_cuda.cu) and
-// the optimizers' L2 constraint (optim/multi_tensor_cuda.cuh), as ball_cpu.h's l2_fit.
+// the optimizers' L2 constraint (optim/multi_tensor_cuda.cuh), as ball_cpu.h's lp_fit.
 #include <c10/cuda/CUDAException.h>
 #include <cuda_runtime.h>
 
@@ -25,7 +25,7 @@ struct NeverSkip {
 // (an optimizer step skipped by found_inf).
 template <typename scalar_t, typename Skip>
 __global__ void __launch_bounds__(kThreads)
-    l2_fit_kernel(scalar_t* x, const scalar_t* c, const opmath_t<scalar_t>* eps, int64_t n,
+    lp_fit_kernel(scalar_t* x, const scalar_t* c, const opmath_t<scalar_t>* eps, int64_t n,
                   Skip skip, int p) {
   if (skip()) return;
   __shared__ double shrink;
@@ -52,10 +52,10 @@ __global__ void __launch_bounds__(kThreads)
 
 // p = 1 fits the L1 ball the same way (the exact projection's l1).
 template <typename scalar_t, typename Skip = NeverSkip>
-void l2_fit(scalar_t* x, const scalar_t* c, const opmath_t<scalar_t>* eps, int64_t batch,
+void lp_fit(scalar_t* x, const scalar_t* c, const opmath_t<scalar_t>* eps, int64_t batch,
             int64_t n, cudaStream_t stream, Skip skip = Skip{}, int p = 2) {
   if (batch == 0 || n == 0) return;
-  l2_fit_kernel<scalar_t><<<checked_grid(batch, "L2 fit"), kThreads, 0, stream>>>(x, c, eps, n, skip, p);
+  lp_fit_kernel<scalar_t><<<checked_grid(batch, "Lp fit"), kThreads, 0, stream>>>(x, c, eps, n, skip, p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

@@ -502,7 +502,7 @@ void l2_project(const std::vector<at::Tensor>& params, const std::vector<at::Ten
     const at::Tensor& p = params[i];
     if (p.numel() == 0) continue;
     const int64_t batch = batch_of(p);
-    cuda::l2_fit<scalar_t>(p.data_ptr<scalar_t>(),
+    cuda::lp_fit<scalar_t>(p.data_ptr<scalar_t>(),
                            centers ? (*centers)[i].const_data_ptr<scalar_t>() : nullptr,
                            radii[i].const_data_ptr<T>(), batch, p.numel() / batch, stream,
                            FoundInfSkip{found_inf});

@@ -106,7 +106,7 @@ void pgd_step_cpu(at::Tensor x_adv, const at::Tensor& grad, const at::Tensor& x_
     for_each_sample_piece(batch, n, [&](int64_t b, int64_t s, int64_t t) {
       pgd_l2_finish_range<scalar_t, T>(xp + s, gp + s, op + s, t - s, ap[b], gnorm[b], scale[b], tlo, thi);
     });
-    cpu::l2_fit<scalar_t>(xp, op, ep, batch, n);
+    cpu::lp_fit<scalar_t>(xp, op, ep, batch, n);
   });
   project::write_back(x_adv, x);
 }
@@ -124,22 +124,9 @@ void project_onto_sample(scalar_t* x, const scalar_t* c, int64_t n, int p, doubl
     }
     return sum;
   };
-  const double limit = project::onto_limit(p, eps);
-  double m_hi = 0.0;
-  if (measure(0.0) > limit) {
-    double m_lo = 0.0;
-    m_hi = 1.0;
-    for (int k = 0; k < project::kOntoDoublings && measure(m_hi) > limit; ++k) {
-      m_lo = m_hi;
-      m_hi *= 2.0;
-    }
-    for (int k = 0; k < project::kOntoBisections; ++k) {
-      const double mid = 0.5 * (m_lo + m_hi);
-      (measure(mid) <= limit ? m_hi : m_lo) = mid;
-    }
-  }
+  const double m = project::onto_multiplier(measure, project::onto_limit(p, eps));
   for (int64_t i = 0; i < n; ++i) {
-    x[i] = static_cast<scalar_t>(project::onto_coord(p, to_double(x[i]), to_double(c[i]), m_hi, lo, hi));
+    x[i] = static_cast<scalar_t>(project::onto_coord(p, to_double(x[i]), to_double(c[i]), m, lo, hi));
   }
 }
 
@@ -170,7 +157,7 @@ void project_onto_cpu(at::Tensor x, const at::Tensor& center, const at::Tensor& 
                                       static_cast<double>(tlo), static_cast<double>(thi));
       }
     });
-    cpu::l2_fit<scalar_t>(xp, cp, ep, batch, n, args.p);
+    cpu::lp_fit<scalar_t>(xp, cp, ep, batch, n, args.p);
   });
   project::write_back(x, args.x);
 }

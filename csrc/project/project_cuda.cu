@@ -339,7 +339,7 @@ void project_cuda(at::Tensor delta, const at::Tensor& eps, std::string norm) {
     launch.template sumsq<1>(dp, nullptr, nullptr, Identity<T>{}, L2ScaleOut<T>{ep, scale},
                              scratch.partial);
     launch.template map<1>(dp, dp, nullptr, nullptr, Scale<T>{scale});
-    cuda::l2_fit<scalar_t>(dp, nullptr, ep, batch, n, c10::cuda::getCurrentCUDAStream());
+    cuda::lp_fit<scalar_t>(dp, nullptr, ep, batch, n, c10::cuda::getCurrentCUDAStream());
   });
   project::write_back(delta, d);
 }
@@ -376,7 +376,7 @@ void pgd_step_cuda(at::Tensor x_adv, const at::Tensor& grad, const at::Tensor& x
     launch.template sumsq<3>(xp, gp, op, PgdL2Delta<T>{ap, gnorm}, L2ScaleOut<T>{ep, scale},
                              scratch.partial);
     launch.template map<3>(xp, xp, gp, op, PgdL2Finish<T>{ap, gnorm, scale, tlo, thi});
-    cuda::l2_fit<scalar_t>(xp, op, ep, batch, n, c10::cuda::getCurrentCUDAStream());
+    cuda::lp_fit<scalar_t>(xp, op, ep, batch, n, c10::cuda::getCurrentCUDAStream());
   });
   project::write_back(x_adv, x);
 }
@@ -405,26 +405,10 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();  // `total` free for the next evaluation
     return out;
   };
-  const double limit = project::onto_limit(p, static_cast<double>(eps[b]));
-  double m_hi = 0.0;
-  if (measure(0.0) > limit) {  // every thread takes the same branches: the sums are shared
-    double m_lo = 0.0;
-    m_hi = 1.0;
-    for (int k = 0; k < project::kOntoDoublings && measure(m_hi) > limit; ++k) {
-      m_lo = m_hi;
-      m_hi *= 2.0;
-    }
-    for (int k = 0; k < project::kOntoBisections; ++k) {
-      const double mid = 0.5 * (m_lo + m_hi);
-      if (measure(mid) <= limit) {
-        m_hi = mid;
-      } else {
-        m_lo = mid;
-      }
-    }
-  }
+  // every thread gets the same sums, so all take the same branches
+  const double m = project::onto_multiplier(measure, project::onto_limit(p, static_cast<double>(eps[b])));
   for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
-    xs[i] = static_cast<scalar_t>(project::onto_coord(p, to_double(xs[i]), to_double(cs[i]), m_hi, lo, hi));
+    xs[i] = static_cast<scalar_t>(project::onto_coord(p, to_double(xs[i]), to_double(cs[i]), m, lo, hi));
   }
 }
 
@@ -459,7 +443,7 @@ void project_onto_cuda(at::Tensor x, const at::Tensor& center, const at::Tensor&
     project_onto_kernel<scalar_t><<<cuda::checked_grid(batch, "project_onto_"), kThreads, 0, stream>>>(
         xp, cp, ep, n, args.p, static_cast<double>(tlo), static_cast<double>(thi));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    cuda::l2_fit<scalar_t>(xp, cp, ep, batch, n, stream, cuda::NeverSkip{}, args.p);
+    cuda::lp_fit<scalar_t>(xp, cp, ep, batch, n, stream, cuda::NeverSkip{}, args.p);
   });
   project::write_back(x, args.x);
 }

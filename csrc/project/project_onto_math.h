@@ -47,5 +47,28 @@ ADVX_HD double onto_limit(int norm, double eps) { return norm == 1 ? eps : eps *
 constexpr int kOntoBisections = 60;
 constexpr int kOntoDoublings = 200;
 
+// The smallest multiplier m >= 0 with measure(m) <= limit (0 when the clamped point is
+// inside already): doubling from 1, then bisection, keeping the feasible end. `measure`
+// is the sample's sum for a multiplier (a loop on the CPU, a block sum on CUDA, where
+// every thread gets the same value and so takes the same branches).
+template <typename Measure>
+ADVX_HD double onto_multiplier(const Measure& measure, double limit) {
+  if (measure(0.0) <= limit) return 0.0;
+  double m_lo = 0.0, m_hi = 1.0;
+  for (int k = 0; k < kOntoDoublings && measure(m_hi) > limit; ++k) {
+    m_lo = m_hi;
+    m_hi *= 2.0;
+  }
+  for (int k = 0; k < kOntoBisections; ++k) {
+    const double mid = 0.5 * (m_lo + m_hi);
+    if (measure(mid) <= limit) {
+      m_hi = mid;
+    } else {
+      m_lo = mid;
+    }
+  }
+  return m_hi;
+}
+
 }  // namespace project
 }  // namespace advx
