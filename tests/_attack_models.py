@@ -38,3 +38,17 @@ def images(batch, shape=(1, 8, 8), device="cpu", dtype=torch.float32, seed=0):
 def predicted(model, x):
     with torch.no_grad():
         return model(x).argmax(dim=1)
+
+
+def forbid_syncs(monkeypatch, cls, method: str):
+    """Wrap ``cls.method`` so that any device-to-host sync inside it raises (CUDA only)."""
+    inner = getattr(cls, method)
+
+    def without_syncs(self, *args, **kwargs):
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            return inner(self, *args, **kwargs)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+    monkeypatch.setattr(cls, method, without_syncs)

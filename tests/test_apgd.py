@@ -9,7 +9,7 @@ from advx.attacks.apgd import _checkpoints, dlr_loss, targeted_dlr_loss
 from advx.data import load_digits
 from advx.models import train_digits_cnn
 
-from _attack_models import images, predicted, small_cnn
+from _attack_models import forbid_syncs, images, predicted, small_cnn
 
 
 @pytest.fixture(scope="module")
@@ -133,16 +133,7 @@ def test_a_run_does_not_sync(cls, norm, monkeypatch):
     x = images(8, device="cuda")
     y = predicted(model, x)
     atk = cls(model, 0.1, norm, steps=12, seed=0)
-    run = cls._single_run
-
-    def run_without_syncs(self, *args, **kwargs):
-        torch.cuda.set_sync_debug_mode("error")  # any host sync inside a run raises
-        try:
-            return run(self, *args, **kwargs)
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-
-    monkeypatch.setattr(cls, "_single_run", run_without_syncs)
+    forbid_syncs(monkeypatch, cls, "_single_run")  # any host sync inside a run raises
     adv = atk(x, y)
     assert float((adv - x).abs().max()) <= 0.1 + 1e-6 or norm == "l2"
 

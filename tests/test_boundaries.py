@@ -11,7 +11,7 @@ import advx
 from advx import ops
 from advx.attacks import PGD, Attack
 
-from _attack_models import images, predicted, small_cnn
+from _attack_models import forbid_syncs, images, predicted, small_cnn
 
 PACKAGE = Path(advx.__file__).resolve().parent
 HAVE_CUDA = torch.cuda.is_available() and advx.build_info()["cuda"]
@@ -64,16 +64,7 @@ def test_attack_steps_do_not_sync(norm, budget, monkeypatch):
     y = predicted(model, x)
     eps = 0.1 if budget == "float" else torch.linspace(0.05, 0.2, 8, device="cuda")
     atk = PGD(model, eps, steps=5, norm=norm, seed=0)  # the tensor's values are checked here, once
-    loop = Attack._loop
-
-    def loop_without_syncs(self, *args, **kwargs):
-        torch.cuda.set_sync_debug_mode("error")  # any host sync raises
-        try:
-            return loop(self, *args, **kwargs)
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-
-    monkeypatch.setattr(Attack, "_loop", loop_without_syncs)
+    forbid_syncs(monkeypatch, Attack, "_loop")  # any host sync in the steps raises
     adv = atk(x, y)
     delta = (adv - x).flatten(1)
     size = delta.abs().amax(1) if norm == "linf" else delta.norm(dim=1)

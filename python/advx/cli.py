@@ -223,20 +223,11 @@ def cmd_attack(args) -> int:
 
 def _eval_suite(args, model, eps: float) -> list:
     """The attacks of --attacks at one budget, in cascade order."""
-    from . import attacks
+    from .eval import make_attack
 
-    makers = {
-        "apgd-ce": lambda: attacks.APGD(model, eps, args.norm, steps=args.apgd_steps, loss="ce", seed=args.seed),
-        "apgd-dlr": lambda: attacks.APGD(model, eps, args.norm, steps=args.apgd_steps, loss="dlr", seed=args.seed),
-        "apgd-t": lambda: attacks.APGDT(model, eps, args.norm, steps=args.apgd_steps, seed=args.seed),
-        "square": lambda: attacks.Square(model, eps, args.norm, queries=args.queries, seed=args.seed),
-        "pgd": lambda: attacks.PGD(model, eps, alpha=args.alpha, steps=args.steps, norm=args.norm, seed=args.seed),
-        "fgsm": lambda: attacks.FGSM(model, eps),
-    }
-    if "fgsm" in args.attacks and args.norm != "linf":
-        raise CLIError("fgsm is an L-inf attack: use --norm linf or drop it from --attacks")
     try:
-        return [makers[name]() for name in args.attacks]
+        return [make_attack(name, model, eps, args.norm, seed=args.seed, apgd_steps=args.apgd_steps,
+                            queries=args.queries, pgd_steps=args.steps, alpha=args.alpha) for name in args.attacks]
     except (TypeError, ValueError, RuntimeError) as e:
         raise CLIError(str(e)) from None
 

@@ -13,9 +13,10 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from ._runtime import default_device, eval_mode, generator, logits_of
 from .attacks import Attack
+from .attacks.base import loss_logits, sample_norms
 
 __all__ = ["RobustnessReport", "EvaluationWarning", "GradientMaskingWarning", "robust_accuracy", "random_sphere", "Evaluation", "evaluate",
-           "EVAL_ATTACKS"]
+           "make_attack", "EVAL_ATTACKS"]
 
 
 class EvaluationWarning(UserWarning):
@@ -232,8 +233,7 @@ def _robust_counts(model, atk: Attack, eps_list: list, images, labels) -> list:
     with torch.no_grad():
         logits = logits_of(model, res.adv)
         still = logits.argmax(dim=1) == labels
-        ce = F.cross_entropy(logits if logits.dtype in (torch.float32, torch.float64) else logits.float(),
-                             labels, reduction="none")
+        ce = F.cross_entropy(loss_logits(logits), labels, reduction="none")
         final_bad = ~(torch.isfinite(logits).all(dim=1) & torch.isfinite(ce))
     flags = [torch.zeros_like(still) if f is None else f for f in (res.zero_grad, res.nonfinite)]
     flags[1] = flags[1] | final_bad
@@ -356,25 +356,32 @@ class Evaluation:
         return "\n".join(lines) + f"\n({self.clean.numel()} samples)"
 
 
-def _eval_attack(spec, model, eps: float, norm: str, seed) -> tuple[str, Attack]:
-    """A named attack of the cascade at (eps, norm), or an attack object as given."""
+def make_attack(name: str, model, eps: float, norm: str = "linf", *, seed=0, apgd_steps: int = 100,
+                queries: int = 5000, pgd_steps: int = 50, alpha=None) -> Attack:
+    """The attack of the cascade called ``name`` (one of EVAL_ATTACKS) at (eps, norm): the
+    standard settings by default (APGD 100 steps, Square 5000 queries, PGD 50 steps)."""
     from .attacks import APGD, APGDT, FGSM, PGD, Square
 
-    if isinstance(spec, Attack):
-        return spec.name, spec
     makers = {
-        "apgd-ce": lambda: APGD(model, eps, norm, steps=100, loss="ce", seed=seed),
-        "apgd-dlr": lambda: APGD(model, eps, norm, steps=100, loss="dlr", seed=seed),
-        "apgd-t": lambda: APGDT(model, eps, norm, steps=100, seed=seed),
-        "square": lambda: Square(model, eps, norm, queries=5000, seed=seed),
-        "pgd": lambda: PGD(model, eps, steps=50, norm=norm, seed=seed),
+        "apgd-ce": lambda: APGD(model, eps, norm, steps=apgd_steps, loss="ce", seed=seed),
+        "apgd-dlr": lambda: APGD(model, eps, norm, steps=apgd_steps, loss="dlr", seed=seed),
+        "apgd-t": lambda: APGDT(model, eps, norm, steps=apgd_steps, seed=seed),
+        "square": lambda: Square(model, eps, norm, queries=queries, seed=seed),
+        "pgd": lambda: PGD(model, eps, alpha=alpha, steps=pgd_steps, norm=norm, seed=seed),
         "fgsm": lambda: FGSM(model, eps),
     }
-    if spec not in makers:
-        raise ValueError(f"attacks must hold attack objects or names from {EVAL_ATTACKS}, got {spec!r}")
-    if spec == "fgsm" and norm != "linf":
+    if name not in makers:
+        raise ValueError(f"attacks must hold attack objects or names from {EVAL_ATTACKS}, got {name!r}")
+    if name == "fgsm" and norm != "linf":
         raise ValueError("fgsm is an L-inf attack; use 'pgd' or 'apgd-ce' for norm='l2'")
-    return spec, makers[spec]()
+    return makers[name]()
+
+
+def _eval_attack(spec, model, eps: float, norm: str, seed) -> tuple[str, Attack]:
+    """A named attack of the cascade at (eps, norm), or an attack object as given."""
+    if isinstance(spec, Attack):
+        return spec.name, spec
+    return spec, make_attack(spec, model, eps, norm, seed=seed)
 
 
 def _model_checks(model, images: torch.Tensor, logits: torch.Tensor) -> list:
@@ -443,9 +450,7 @@ def evaluate(model, data, eps, norm: str = "linf", attacks=DEFAULT_EVAL_ATTACKS,
                 fooled = (out.argmax(dim=1) != y[idx]) & torch.isfinite(out).all(dim=1)
                 hit = idx[fooled]
                 by[hit] = j
-                size = (res.adv.double() - x[idx].double()).reshape(idx.numel(), -1)
-                size = size.abs().amax(dim=1) if atk.norm == "linf" else torch.linalg.vector_norm(size, dim=1)
-                dist[hit] = size[fooled]
+                dist[hit] = sample_norms(res.adv.double() - x[idx].double(), atk.norm)[fooled]
                 still[hit] = False
                 flags = torch.stack([res.zero_grad if res.zero_grad is not None else torch.zeros_like(fooled),
                                      res.nonfinite if res.nonfinite is not None else torch.zeros_like(fooled)])

@@ -8,17 +8,18 @@ the gap shrinking by 3 % of them down to 6 %. At a checkpoint a sample halves it
 and restarts from its best point if its loss increased in at most ``rho`` of the steps
 since the last checkpoint, or if its step was not halved last time and its best loss has
 not improved. Every decision is a tensor operation on the device: a run's iterations read
-nothing back to the host (between runs, the samples still robust are selected). P is the projection of ``advx.ops.pgd_step_`` (ball, then box, exact
-in the data's dtype). ``L1`` is not implemented yet.
+nothing back to the host (between runs, the samples still robust are selected). P is the
+projection of ``advx.ops.pgd_step_`` (ball, then box, exact in the data's dtype). ``L1``
+is not implemented yet.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from .. import _validate, ops
+from .. import _validate
 from .._runtime import generator, logits_of
-from .base import Attack, AttackResult, _finite_grad, check_labels, per_sample, sample_norms
+from .base import Attack, AttackResult, check_labels, checked_grad, loss_logits, project_into_, sample_norms
 
 __all__ = ["APGD", "APGDT", "dlr_loss", "targeted_dlr_loss"]
 
@@ -86,8 +87,7 @@ class APGD(Attack):
     # -- the per-sample objective -----------------------------------------------------
 
     def _loss(self, logits, labels, targets):
-        if logits.dtype not in (torch.float32, torch.float64):
-            logits = logits.float()
+        logits = loss_logits(logits)
         if self.loss == "dlr":
             if logits.shape[1] < 3:
                 raise ValueError(f"loss='dlr' needs at least 3 classes, the model returns {logits.shape[1]}")
@@ -95,14 +95,13 @@ class APGD(Attack):
         return F.cross_entropy(logits, labels, reduction="none")
 
     def _gradient(self, x_adv, labels, targets):
-        """(logits, per-sample loss, gradient with non-finite samples zeroed, non-finite flags)."""
+        """(logits, per-sample loss, and checked_grad's gradient and flags)."""
         x_adv = x_adv.detach().requires_grad_(True)
         with torch.enable_grad():
             logits = logits_of(self.model, x_adv)
             loss = self._loss(logits, labels, targets)
             (grad,) = torch.autograd.grad(loss.sum(), x_adv)
-        grad, bad = _finite_grad(grad, logits.detach(), loss.detach())
-        return logits.detach(), loss.detach(), grad, bad
+        return (logits.detach(), loss.detach(), *checked_grad(grad, logits.detach(), loss.detach()))
 
     # -- one run ------------------------------------------------------------------------
 
@@ -119,17 +118,14 @@ class APGD(Attack):
         else:
             t = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
             start = x + eps_x * t / (sample_norms(t, "l2").reshape(col) + 1e-12)
-        zero = torch.zeros_like(x)
 
         def project(v):  # P: the ball around x, then the box, exact in x's dtype
-            return ops.pgd_step_(v, zero, x, eps_b, eps_b, self.norm, self.bounds)
+            return project_into_(v, x, eps_b, self.norm, self.bounds)
 
         x_adv = project(start.contiguous())
         step = (2.0 * eps_b).reshape(col).to(x.dtype)
-        logits, loss, grad, nonfinite = self._gradient(x_adv, labels, targets)
-        zero_grad = ~nonfinite & (grad.reshape(batch, -1) == 0).all(dim=1)
-        fooled = logits.argmax(dim=1) != labels
-        fooled &= torch.isfinite(logits).all(dim=1)
+        logits, loss, grad, nonfinite, zero_grad = self._gradient(x_adv, labels, targets)
+        fooled = self._success(logits, labels)
         best_fooled = x_adv.clone()
         x_best, grad_best, loss_best = x_adv.clone(), grad.clone(), loss.clone()
         loss_steps = torch.zeros((self.steps, batch), device=x.device, dtype=loss.dtype)
@@ -149,10 +145,10 @@ class APGD(Attack):
                 direction = grad / (sample_norms(grad, "l2").reshape(col) + 1e-12)
             z = project((x_adv + step * direction).contiguous())
             x_adv = project(x_adv + a * (z - x_adv) + (1 - a) * momentum)
-            logits, loss, grad, bad = self._gradient(x_adv, labels, targets)
+            logits, loss, grad, bad, zero = self._gradient(x_adv, labels, targets)
             nonfinite |= bad
-            zero_grad |= ~bad & (grad.reshape(batch, -1) == 0).all(dim=1)
-            now = (logits.argmax(dim=1) != labels) & torch.isfinite(logits).all(dim=1)
+            zero_grad |= zero
+            now = self._success(logits, labels)
             newly = now & ~fooled
             best_fooled = torch.where(newly.reshape(col), x_adv, best_fooled)
             first = torch.where(newly, i + 1, first)
@@ -190,7 +186,7 @@ class APGD(Attack):
             clean_logits = logits_of(self.model, images)
         check_labels(self._label_span, clean_logits.shape[1])
         adv = images.clone()
-        fooled = (clean_logits.argmax(dim=1) != labels) & torch.isfinite(clean_logits).all(dim=1)
+        fooled = self._success(clean_logits, labels)
         best_loss_point = images.clone()
         zero_grad = torch.zeros(batch, dtype=torch.bool, device=images.device)
         nonfinite = ~torch.isfinite(clean_logits).all(dim=1)
@@ -220,12 +216,8 @@ class APGD(Attack):
         if not report:
             return AttackResult(adv=adv, success=None, loss=None, norm=None, first_success=None,
                                 zero_grad=zero_grad, nonfinite=nonfinite)
-        with torch.no_grad():
-            logits = logits_of(self.model, adv)
-            ce = F.cross_entropy(logits.float() if logits.dtype not in (torch.float32, torch.float64) else logits,
-                                 labels, reduction="none")
-            success = self._success(logits, labels)
-            nonfinite |= ~torch.isfinite(logits).all(dim=1)
+        _, ce, success, bad = self._final_pass(images, adv, labels)
+        nonfinite |= bad
         first = torch.where(success, first.clamp_min(0), -1)  # iterations over all runs
         return AttackResult(adv=adv, success=success, loss=ce.to(images.dtype), norm=sample_norms(adv - images, self.norm),
                             first_success=first, zero_grad=zero_grad, nonfinite=nonfinite)
@@ -246,12 +238,8 @@ class APGDT(APGD):
         self.n_targets = _validate.steps(n_targets)
         self.name = "APGD-T"
 
-    def _loss(self, logits, labels, targets):
-        if logits.dtype not in (torch.float32, torch.float64):
-            logits = logits.float()
-        if logits.shape[1] < 4:
-            raise ValueError(f"APGD-T's targeted DLR loss needs at least 4 classes, the model returns {logits.shape[1]}")
-        return targeted_dlr_loss(logits, labels, targets)
+    def _loss(self, logits, labels, targets):  # >= 4 classes: checked by _targets_of, before any run
+        return targeted_dlr_loss(loss_logits(logits), labels, targets)
 
     def _targets_of(self, clean_logits, labels):
         if clean_logits.shape[1] < 4:

@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .. import _validate
+from .. import _validate, ops
 from .._runtime import eval_mode, logits_of
 
 __all__ = ["Attack", "AttackResult"]
@@ -113,14 +113,28 @@ def clamp_box(x: torch.Tensor, bounds) -> torch.Tensor:
     return x.clamp_(min=None if math.isinf(lo) else lo, max=None if math.isinf(hi) else hi)
 
 
-def _finite_grad(grad: torch.Tensor, logits: torch.Tensor, loss: torch.Tensor):
+def loss_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Logits as a loss takes them: half-precision logits in float32."""
+    return logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
+
+
+def checked_grad(grad: torch.Tensor, logits: torch.Tensor, loss: torch.Tensor):
     """(grad with the samples whose logits, loss or gradient are not finite zeroed, those
-    samples): a NaN step would turn the whole sample into NaN; a zero step leaves it."""
+    samples, the other samples whose gradient is exactly zero): a NaN step would turn the
+    whole sample into NaN; a zero step leaves it. The flags of AttackResult, per step."""
     batch = grad.shape[0]
     bad = ~(torch.isfinite(grad).reshape(batch, -1).all(dim=1) & torch.isfinite(logits).all(dim=1)
             & torch.isfinite(loss))
     keep = ~bad.reshape(-1, *([1] * (grad.dim() - 1)))
-    return torch.where(keep, grad, torch.zeros((), dtype=grad.dtype, device=grad.device)), bad
+    grad = torch.where(keep, grad, torch.zeros((), dtype=grad.dtype, device=grad.device))
+    return grad, bad, ~bad & (grad.reshape(batch, -1) == 0).all(dim=1)
+
+
+def project_into_(v: torch.Tensor, center: torch.Tensor, eps_b: torch.Tensor, norm: str, bounds) -> torch.Tensor:
+    """v onto the ``norm`` ball of radius eps_b (as _validate.budget_tensor makes it) around
+    center and into the box, in place: pgd_step_'s projection with a zero step (scale into
+    the ball, then clamp: the published attacks' P), exact in v's dtype."""
+    return ops.pgd_step_(v, torch.zeros_like(v), center, eps_b, eps_b, norm, bounds)
 
 
 class Attack:
@@ -217,10 +231,16 @@ class Attack:
 
     def _objective(self, images, x_adv, logits, labels) -> tuple[torch.Tensor, torch.Tensor]:
         """(objective to ascend, cross-entropy) per sample."""
-        if logits.dtype not in (torch.float32, torch.float64):
-            logits = logits.float()  # half-precision logits: the loss in float32
-        ce = F.cross_entropy(logits, labels, reduction="none")
+        ce = F.cross_entropy(loss_logits(logits), labels, reduction="none")
         return (-ce if self.targeted else ce), ce
+
+    @torch.no_grad()
+    def _final_pass(self, images, adv, labels):
+        """(logits, cross-entropy, success, non-finite logits or loss) of the result."""
+        logits = logits_of(self.model, adv)
+        _, ce = self._objective(images, adv, logits, labels)
+        bad = ~(torch.isfinite(logits).all(dim=1) & torch.isfinite(ce))
+        return logits, ce, self._success(logits, labels), bad
 
     def _success(self, logits, labels) -> torch.Tensor:
         pred = logits.argmax(dim=1)
@@ -253,9 +273,9 @@ class Attack:
                 check_labels(self._label_span, logits.shape[1])
             objective, ce = self._objective(images, x_adv, logits, labels)
             (grad,) = torch.autograd.grad(objective.mean() if mean_grad else objective.sum(), x_adv)
-            grad, bad = _finite_grad(grad, logits.detach(), ce.detach())
+            grad, bad, zero = checked_grad(grad, logits.detach(), ce.detach())
             nonfinite |= bad
-            zero_grad |= ~bad & (grad.reshape(batch, -1) == 0).all(dim=1)
+            zero_grad |= zero
             success = self._success(logits.detach(), labels)
             first = torch.where(success & (first < 0), step, first)
             if record_loss:
@@ -275,14 +295,11 @@ class Attack:
         if not report:
             return AttackResult(adv=adv, success=None, loss=None, norm=None,
                                 first_success=None, zero_grad=zero_grad, nonfinite=nonfinite)
-        with torch.no_grad():
-            logits = logits_of(self.model, adv)
-            _, ce = self._objective(images, adv, logits, labels)
-            success = self._success(logits, labels)
-            nonfinite |= ~(torch.isfinite(logits).all(dim=1) & torch.isfinite(ce))
-            first = torch.where(success & (first < 0), done_steps, first)
-            if record_loss and done_steps == steps:
-                history.append(float(ce.mean()))
-            return AttackResult(adv=adv, success=success, loss=ce.to(images.dtype),
-                                norm=sample_norms(adv - images, self.norm), first_success=first,
-                                loss_history=history, zero_grad=zero_grad, nonfinite=nonfinite)
+        _, ce, success, bad = self._final_pass(images, adv, labels)
+        nonfinite |= bad
+        first = torch.where(success & (first < 0), done_steps, first)
+        if record_loss and done_steps == steps:
+            history.append(float(ce.mean()))
+        return AttackResult(adv=adv, success=success, loss=ce.to(images.dtype),
+                            norm=sample_norms(adv - images, self.norm), first_success=first,
+                            loss_history=history, zero_grad=zero_grad, nonfinite=nonfinite)

@@ -19,9 +19,9 @@ import math
 
 import torch
 
-from .. import _validate, ops
+from .. import _validate
 from .._runtime import generator, logits_of
-from .base import Attack, AttackResult, check_labels, sample_norms
+from .base import Attack, AttackResult, check_labels, loss_logits, project_into_, sample_norms
 
 __all__ = ["Square", "p_schedule"]
 
@@ -39,7 +39,7 @@ def p_schedule(p_init: float, query: int, queries: int) -> float:
 
 def margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """z_y - max_{j != y} z_j per sample: <= 0 means misclassified."""
-    logits = logits.float() if logits.dtype not in (torch.float32, torch.float64) else logits
+    logits = loss_logits(logits)
     z_y = logits.gather(1, labels[:, None])[:, 0]
     others = logits.scatter(1, labels[:, None], -math.inf)
     return z_y - others.amax(dim=1)
@@ -62,9 +62,11 @@ class Square(Attack):
         self.p_init = float(p_init)
         self.seed = _validate.seed(seed)
 
-    def _margin(self, x, labels):
+    def _margin(self, x, labels, *, check_labels_first: bool = False):
         with torch.no_grad():
             logits = logits_of(self.model, x)
+        if check_labels_first:  # before the gather reads logits at the labels
+            check_labels(self._label_span, logits.shape[1])
         m = margin(logits, labels)
         # a non-finite margin is never an improvement and never a success
         return torch.where(torch.isfinite(m), m, torch.full_like(m, math.inf)), ~torch.isfinite(logits).all(dim=1)
@@ -118,7 +120,7 @@ class Square(Attack):
                                              int(torch.randint(0, 2 ** 31 - 1, ())))
 
         def project(v, center, e):  # into the ball around center and the box, exact in the dtype
-            return ops.pgd_step_(v.contiguous(), torch.zeros_like(v), center, e, e, self.norm, self.bounds)
+            return project_into_(v, center, e, self.norm, self.bounds)
 
         if self.norm == "linf":
             stripes = torch.randint(0, 2, (batch, c, 1, w), generator=gen, device=images.device).to(images.dtype)
@@ -127,9 +129,7 @@ class Square(Attack):
             start = self._l2_init(images, gen).double()
             x_best = project((images.double() + eps_x.double() * start / (_l2(start) + 1e-12)).to(images.dtype),
                              images, eps_b)
-        with torch.no_grad():
-            check_labels(self._label_span, logits_of(self.model, x_best[:1]).shape[1])
-        m_best, nonfinite = self._margin(x_best, labels)
+        m_best, nonfinite = self._margin(x_best, labels, check_labels_first=True)
         first = torch.where(m_best <= 0, 0, -1)
         for q in range(1, self.queries):
             left = (m_best > 0).nonzero()[:, 0]
@@ -160,10 +160,8 @@ class Square(Attack):
         if not report:
             return AttackResult(adv=x_best, success=None, loss=None, norm=None, first_success=None,
                                 zero_grad=zero_grad, nonfinite=nonfinite)
-        with torch.no_grad():
-            logits = logits_of(self.model, x_best)
-            ce = torch.nn.functional.cross_entropy(logits.float(), labels, reduction="none")
-            success = self._success(logits, labels)
+        _, ce, success, bad = self._final_pass(images, x_best, labels)
+        nonfinite |= bad
         return AttackResult(adv=x_best, success=success, loss=ce.to(images.dtype),
                             norm=sample_norms(x_best - images, self.norm), first_success=torch.where(success, first, -1),
                             zero_grad=zero_grad, nonfinite=nonfinite)

@@ -8,6 +8,8 @@ import math
 
 import torch
 
+from .. import _validate
+
 __all__ = ["math_dtype", "radius", "box_bounds", "into_linf_", "into_l2_", "into_l1_"]
 
 
@@ -29,17 +31,9 @@ def radius(eps, x: torch.Tensor) -> torch.Tensor:
 
 
 def box_bounds(bounds, dtype: torch.dtype):
-    """(lo, hi) rounded inward to values of ``dtype``; None for no box."""
-    if bounds is None:
-        return None
-    out = []
-    for value, inward in zip(bounds, (math.inf, -math.inf)):
-        exact = torch.tensor(float(value), dtype=torch.float64)
-        r = exact.to(dtype)
-        if math.isfinite(value) and (r.double() - exact).item() * inward < 0:
-            r = _neighbour(r.reshape(1), inward > 0)[0]
-        out.append(r.item())
-    return tuple(out)
+    """(lo, hi) rounded inward to values of ``dtype``; None for no box. (The kernels round
+    theirs in C++, common/exact.h box_lo/box_hi: this is the Python side's rule.)"""
+    return None if bounds is None else _validate.bounds_in(float(bounds[0]), float(bounds[1]), dtype)
 
 
 def _neighbour(r: torch.Tensor, up) -> torch.Tensor:
