@@ -21,6 +21,13 @@ TORCH_LIBRARY(advx, m) {
   // ∩ [lo, hi]^d, norm 'linf' | 'l2' | 'l1'.
   m.def("project_onto_(Tensor(a!) x, Tensor center, Tensor eps, str norm, float lo, float hi) -> ()");
 
+  // apgd/: one APGD iteration, in place on x_adv and x_prev (the previous iterate, for the
+  // momentum); eps and step_size [B] tensors in the math type, alpha the paper's weight of
+  // the new step, norm 'linf' | 'l2' | 'l1'.
+  m.def(
+      "apgd_step_(Tensor(a!) x_adv, Tensor(b!) x_prev, Tensor grad, Tensor x_orig, Tensor eps, "
+      "Tensor step_size, float alpha, str norm, float lo, float hi) -> ()");
+
   // edge_energy/: [B, C, H, W] -> [B]; the backward is its own fused op.
   m.def("edge_energy(Tensor x) -> Tensor");
   m.def("edge_energy_backward(Tensor grad_energy, Tensor x) -> Tensor");
@@ -58,7 +65,7 @@ TORCH_LIBRARY(advx, m) {
 namespace {
 
 // Every op defined above (tests/test_boundaries.py checks that none is missing).
-constexpr const char* kOps[] = {"project_", "pgd_step_", "project_onto_", "edge_energy", "edge_energy_backward",
+constexpr const char* kOps[] = {"project_", "pgd_step_", "project_onto_", "apgd_step_", "edge_energy", "edge_energy_backward",
                                 "sgd_step_", "adagrad_step_", "rmsprop_step_", "adam_step_"};
 
 void throw_if_sparse(const at::Tensor& t, const std::string& name) {
