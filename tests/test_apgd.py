@@ -49,6 +49,19 @@ def test_apgd_beats_or_matches_pgd(digits):
     assert robust(model, apgd, y) <= robust(model, pgd, y) + 0.01
 
 
+def test_apgd_l1_beats_or_matches_pgd_l1(digits):
+    """L1 APGD (adaptive sparsity, exact L1 ∩ box projection) at least as strong as the
+    sparse L1 PGD at the same steps, and inside the budget."""
+    model, x, y = digits
+    eps = 3.0
+    pgd = advx.attacks.PGD(model, eps, norm="l1", alpha=eps / 4, steps=30, seed=0)(x, y)
+    res = APGD(model, eps, "l1", steps=30, seed=0).run(x, y)
+    assert robust(model, res.adv, y) <= robust(model, pgd, y) + 0.01
+    assert robust(model, res.adv, y) < robust(model, x, y) - 0.2  # it does attack
+    assert float((res.adv.double() - x.double()).flatten(1).abs().sum(1).max()) <= eps
+    assert res.adv.min() >= 0 and res.adv.max() <= 1
+
+
 def test_checkpoint_schedule_is_the_published_one():
     # the reference's counters: first check after 22 % of the steps, then the gap
     # shrinks by 3 % of the steps down to 6 %
@@ -78,17 +91,17 @@ def test_dlr_losses():
     torch.testing.assert_close(targeted_dlr_loss(logits, labels, targets), want_t)
 
 
-@pytest.mark.parametrize("norm", ["linf", "l2"])
+@pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_inside_budget_and_box_with_per_sample_eps(norm, dtype):
     model = small_cnn(dtype=dtype)
     x = images(6, dtype=dtype)
     y = predicted(model, x)
-    eps = torch.tensor([0.02, 0.05, 0.1, 0.2, 0.3, 0.5], dtype=torch.float64)
+    eps = torch.tensor([0.02, 0.05, 0.1, 0.2, 0.3, 0.5], dtype=torch.float64) * (10 if norm == "l1" else 1)
     for atk in (APGD(model, eps, norm, steps=8, seed=0), APGDT(model, eps, norm, steps=8, n_targets=3, seed=0)):
         res = atk.run(x, y)
         d = (res.adv.double() - x.double()).flatten(1)
-        size = d.abs().amax(1) if norm == "linf" else d.norm(dim=1)
+        size = {"linf": d.abs().amax(1), "l2": d.norm(dim=1), "l1": d.abs().sum(1)}[norm]
         assert bool((size <= eps).all())
         assert res.adv.min() >= 0 and res.adv.max() <= 1 and res.adv.dtype == dtype
         assert res.success.shape == (6,) and not res.nonfinite.any()
@@ -117,7 +130,7 @@ def test_bad_input():
     with pytest.raises(ValueError, match="rho"):
         APGD(model, 0.1, rho=1.5)
     with pytest.raises(ValueError, match="norm must be one of"):
-        APGD(model, 0.1, norm="l1")
+        APGD(model, 0.1, norm="l0")
     with pytest.raises(ValueError, match="labels must lie"):
         APGD(model, 0.1, steps=2)(x, torch.full((4,), 3))
 

@@ -166,3 +166,17 @@ def test_robust_accuracy_worst_case_row(digits):
     assert (worst["norm"], worst["eps"]) == ("linf", 0.1)
     assert worst["robust_accuracy"] <= min(report.rows[0]["robust_accuracy"], report.rows[1]["robust_accuracy"])
     assert "worst case" in str(report) and report.to_dict()["worst_case"] == report.worst_case
+
+
+def test_l1_default_cascade_is_l1_apgd(digits):
+    """norm='l1': the default cascade becomes APGD-CE and APGD-T in their L1 form (Square
+    has no L1 form); every distance found is inside the L1 budget."""
+    model, x, y = digits
+    x, y = x[:40], y[:40]
+    ev = evaluate(model, (x, y), 2.0, norm="l1", batch_size=20, progress=False)
+    assert ev.attacks == ["apgd-ce", "apgd-t"] and ev.norm == "l1"
+    assert ev.robust_accuracy < ev.clean_accuracy
+    found = ev.distance[~torch.isnan(ev.distance)]
+    assert found.numel() and float(found.max()) <= 2.0
+    with pytest.raises(ValueError, match="fgsm is an L-inf attack"):
+        evaluate(model, (x, y), 2.0, norm="l1", attacks=["fgsm"], progress=False)

@@ -300,6 +300,7 @@ def random_sphere(model, x: torch.Tensor, radius, *, n: int = 1000, labels=None,
 
 EVAL_ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "square", "pgd", "fgsm")
 DEFAULT_EVAL_ATTACKS = ("apgd-ce", "apgd-t", "square")
+L1_EVAL_ATTACKS = ("apgd-ce", "apgd-t")  # what the default becomes for norm="l1"
 
 
 @dataclass
@@ -373,7 +374,7 @@ def make_attack(name: str, model, eps: float, norm: str = "linf", *, seed=0, apg
     if name not in makers:
         raise ValueError(f"attacks must hold attack objects or names from {EVAL_ATTACKS}, got {name!r}")
     if name == "fgsm" and norm != "linf":
-        raise ValueError("fgsm is an L-inf attack; use 'pgd' or 'apgd-ce' for norm='l2'")
+        raise ValueError(f"fgsm is an L-inf attack; use 'pgd' or 'apgd-ce' for norm={norm!r}")
     return makers[name]()
 
 
@@ -413,11 +414,14 @@ def evaluate(model, data, eps, norm: str = "linf", attacks=DEFAULT_EVAL_ATTACKS,
     from . import _validate
 
     eps = _validate.positive(eps, "eps")
-    norm = _validate.norm(norm)
+    norm = _validate.norm(norm, _validate.L1_NORMS)
     batch_size = _check_batch_size(batch_size)
     if isinstance(attacks, (str, Attack)):
         attacks = [attacks]
     notes: list = []
+    if norm == "l1" and tuple(attacks) == DEFAULT_EVAL_ATTACKS:
+        # Square has no L1 form here: the L1 cascade is APGD-CE then APGD-T (L1 APGD)
+        attacks = L1_EVAL_ATTACKS
     named = [_eval_attack(a, model, eps, norm, seed) for a in attacks]
     if not named:
         raise ValueError("attacks is empty")

@@ -7,17 +7,24 @@ a = 1 on the first iteration and 0.75 after; checkpoints after 22 % of the itera
 the gap shrinking by 3 % of them down to 6 %. At a checkpoint a sample halves its step
 and restarts from its best point if its loss increased in at most ``rho`` of the steps
 since the last checkpoint, or if its step was not halved last time and its best loss has
-not improved. Every decision is a tensor operation on the device: a run's iterations read
-nothing back to the host (between runs, the samples still robust are selected). P is the
-projection of ``advx.ops.pgd_step_`` (ball, then box, exact in the data's dtype). ``L1``
-is not implemented yet.
+not improved. Each iteration is one fused op (``advx.ops.apgd_step_``: the momentum step
+and both projections) and every decision is a tensor operation on the device: a run's
+iterations read nothing back to the host (between runs, the samples still robust are
+selected). P is the published projection for L-inf and L2 (ball, then box, exact in the
+data's dtype) and the exact projection onto the L1 ball ∩ box for L1.
+
+L1 follows Croce & Hein (ICCV 2021): step size eps; the step moves the sign of the
+gradient on a fraction of its largest coordinates (20 % at first), and at a checkpoint
+that fraction becomes the best point's sparsity / 1.5, while the step size returns to
+eps where that sparsity fell by 5 % or more (restarting from the best point) and
+shrinks by 1.5 elsewhere, never below eps / 10.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from .. import _validate
+from .. import _validate, ops
 from .._runtime import generator, logits_of
 from .base import Attack, AttackResult, check_labels, checked_grad, loss_logits, project_into_, sample_norms
 
@@ -72,7 +79,7 @@ class APGD(Attack):
         if targeted:
             raise ValueError("APGD is untargeted; APGDT is its targeted form")
         self.eps = _validate.budget(eps, "eps")
-        self.norm = _validate.norm(norm)
+        self.norm = _validate.norm(norm, _validate.L1_NORMS)
         self.steps = _validate.steps(steps)
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
@@ -105,25 +112,44 @@ class APGD(Attack):
 
     # -- one run ------------------------------------------------------------------------
 
+    def _start(self, x, eps_b, col, gen):
+        """The random start in the ball ∩ box: uniform in the L-inf ball, on a random L2
+        direction at radius eps (then the box), or for L1 a Gaussian point projected onto
+        the L1 ball ∩ box (as the L1 reference does)."""
+        batch = x.shape[0]
+        eps_x = eps_b.to(x.dtype).reshape(col)
+        if self.norm == "linf":
+            t = 2 * torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype) - 1
+            start = x + eps_x * t / t.reshape(batch, -1).abs().amax(dim=1).reshape(col)
+        elif self.norm == "l2":
+            t = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+            start = x + eps_x * t / (sample_norms(t, "l2").reshape(col) + 1e-12)
+        else:
+            start = x + torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+        return project_into_(start.contiguous(), x, eps_b, self.norm, self.bounds)
+
+    def _direction(self, grad, topk):
+        """What apgd_step_ takes as g: the gradient itself (linf: its sign; l2: it is
+        normalized), or for L1 the sign of the gradient on its ``topk`` fraction of
+        largest-magnitude coordinates per sample (the op scales it to unit L1 norm)."""
+        if self.norm != "l1":
+            return grad
+        flat = grad.reshape(grad.shape[0], -1)
+        n = flat.shape[1]
+        at = ((1.0 - topk) * n).long().clamp(0, n - 1)
+        threshold = flat.abs().sort(dim=1).values.gather(1, at[:, None])
+        return (flat.sign() * (flat.abs() >= threshold)).reshape(grad.shape)
+
     def _single_run(self, x, labels, eps, targets, gen):
         """One APGD run on (x, labels): (best-loss point, ever fooled, first fooled point,
         its iteration (-1: never), zero-gradient and non-finite flags)."""
         batch, dims = x.shape[0], x.dim() - 1
         col = (-1,) + (1,) * dims
         eps_b = _validate.budget_tensor(eps, "eps", x)  # rounded toward zero, as the kernels read it
-        eps_x = eps_b.to(x.dtype).reshape(col)
-        if self.norm == "linf":
-            t = 2 * torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype) - 1
-            start = x + eps_x * t / t.reshape(batch, -1).abs().amax(dim=1).reshape(col)
-        else:
-            t = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
-            start = x + eps_x * t / (sample_norms(t, "l2").reshape(col) + 1e-12)
-
-        def project(v):  # P: the ball around x, then the box, exact in x's dtype
-            return project_into_(v, x, eps_b, self.norm, self.bounds)
-
-        x_adv = project(start.contiguous())
-        step = (2.0 * eps_b).reshape(col).to(x.dtype)
+        x_adv = self._start(x, eps_b, col, gen)
+        # step sizes per sample in the math dtype, halved (L1: adapted) at checkpoints
+        full_step = (1.0 if self.norm == "l1" else 2.0) * eps_b
+        step = full_step.clone()
         logits, loss, grad, nonfinite, zero_grad = self._gradient(x_adv, labels, targets)
         fooled = self._success(logits, labels)
         best_fooled = x_adv.clone()
@@ -133,18 +159,15 @@ class APGD(Attack):
         last_check = 0
         loss_best_last_check = loss_best.clone()
         reduced_last_check = torch.ones(batch, dtype=torch.bool, device=x.device)
+        n_features = x[0].numel()
+        topk = torch.full((batch,), 0.2, device=x.device)  # L1: the fraction of coordinates moved
+        sparsity_last = torch.full((batch,), float(n_features), device=x.device)
         x_prev = x_adv.clone()
         first = torch.where(fooled, 0, -1)
         for i in range(self.steps):
-            a = 1.0 if i == 0 else 0.75
-            momentum = x_adv - x_prev
-            x_prev = x_adv
-            if self.norm == "linf":
-                direction = grad.sign()
-            else:
-                direction = grad / (sample_norms(grad, "l2").reshape(col) + 1e-12)
-            z = project((x_adv + step * direction).contiguous())
-            x_adv = project(x_adv + a * (z - x_adv) + (1 - a) * momentum)
+            # the fused iteration: momentum step and both projections; x_prev <- x_adv
+            ops.apgd_step_(x_adv, x_prev, self._direction(grad, topk), x, eps_b, step,
+                           1.0 if i == 0 else 0.75, self.norm, self.bounds)
             logits, loss, grad, bad, zero = self._gradient(x_adv, labels, targets)
             nonfinite |= bad
             zero_grad |= zero
@@ -159,17 +182,27 @@ class APGD(Attack):
             grad_best = torch.where(better, grad, grad_best)
             loss_best = torch.maximum(loss_best, torch.nan_to_num(loss, nan=-torch.inf))
             if i in checkpoints:
-                k = i - last_check + 1  # the gap that led here
-                # the loss rose in at most rho of the last k steps (loss_steps[-1] is 0 until
-                # the last step is written, as in the reference implementation)
-                rises = sum((loss_steps[i - j] > loss_steps[i - j - 1]) for j in range(k))
-                oscillating = rises <= k * self.rho
-                stalled = ~reduced_last_check & (loss_best_last_check >= loss_best)
-                halve = oscillating | stalled
-                reduced_last_check = halve
-                loss_best_last_check = loss_best.clone()
-                h = halve.reshape(col)
-                step = torch.where(h, step / 2, step)
+                if self.norm == "l1":
+                    # L1 (Croce & Hein, ICCV 2021): the sparsity follows the best point's,
+                    # the step resets when that sparsity fell and shrinks otherwise
+                    sparsity = (x_best != x).reshape(batch, -1).sum(1).to(topk.dtype)
+                    restart = sparsity / sparsity_last < 0.95
+                    topk = sparsity / n_features / 1.5
+                    step = torch.where(restart, full_step, step / 1.5)
+                    step = torch.minimum(torch.maximum(step, full_step / 10), full_step)
+                    sparsity_last = sparsity
+                else:
+                    k = i - last_check + 1  # the gap that led here
+                    # the loss rose in at most rho of the last k steps (loss_steps[-1] is 0
+                    # until the last step is written, as in the reference implementation)
+                    rises = sum((loss_steps[i - j] > loss_steps[i - j - 1]) for j in range(k))
+                    oscillating = rises <= k * self.rho
+                    stalled = ~reduced_last_check & (loss_best_last_check >= loss_best)
+                    restart = oscillating | stalled
+                    reduced_last_check = restart
+                    loss_best_last_check = loss_best.clone()
+                    step = torch.where(restart, step / 2, step)
+                h = restart.reshape(col)
                 x_adv = torch.where(h, x_best, x_adv)
                 grad = torch.where(h, grad_best, grad)
                 last_check = i + 1

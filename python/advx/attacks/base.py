@@ -133,7 +133,10 @@ def checked_grad(grad: torch.Tensor, logits: torch.Tensor, loss: torch.Tensor):
 def project_into_(v: torch.Tensor, center: torch.Tensor, eps_b: torch.Tensor, norm: str, bounds) -> torch.Tensor:
     """v onto the ``norm`` ball of radius eps_b (as _validate.budget_tensor makes it) around
     center and into the box, in place: pgd_step_'s projection with a zero step (scale into
-    the ball, then clamp: the published attacks' P), exact in v's dtype."""
+    the ball, then clamp: the published attacks' P), exact in v's dtype. L1: the exact
+    projection onto the L1 ball ∩ box (what the L1 attacks use)."""
+    if norm == "l1":
+        return ops.project_onto_(v, center, eps_b, "l1", bounds)
     return ops.pgd_step_(v, torch.zeros_like(v), center, eps_b, eps_b, norm, bounds)
 
 
