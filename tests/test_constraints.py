@@ -170,7 +170,7 @@ def test_fused_op_constraint_matches_reference(name, norm, device):
     (dict(eps=torch.ones(2, 2)), ValueError, "eps must be a float, a 0-dim or a \\[B\\] tensor"),
     (dict(eps="0.1"), TypeError, "eps must be a float or a tensor"),
     (dict(), TypeError, "needs eps"),
-    (dict(eps=0.1, norm="l1"), ValueError, "norm must be one of"),
+    (dict(eps=0.1, norm="l0"), ValueError, "norm must be one of"),
     (dict(eps=0.1, bounds=(1.0, 0.0)), ValueError, "bounds must satisfy lo <= hi"),
     (dict(eps=0.1, bounds=(0.0, float("nan"))), ValueError, "bounds must satisfy lo <= hi"),
     (dict(eps=0.1, bounds=0.5), TypeError, "bounds must be a pair"),

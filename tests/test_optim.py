@@ -433,7 +433,7 @@ def _raw_op_args(name, device, constrained):
     if constrained:
         kwargs.update(centers=[p.clone() for p in params],
                       radii=[torch.full((p.shape[0] if p.dim() else 1,), 0.5, device=device) for p in params],
-                      constraint_norm="linf", lo=-2.0, hi=2.0, lr_tensor=torch.tensor(lr, device=device))
+                      constraint_norm=constrained, lo=-2.0, hi=2.0, lr_tensor=torch.tensor(lr, device=device))
     if name == "sgd_step_":
         args[2][0] = torch.zeros_like(params[0])
         args.append([i == 0 for i in range(len(params))])
@@ -448,7 +448,7 @@ def _raw_op_args(name, device, constrained):
     return args, kwargs
 
 
-@pytest.mark.parametrize("constrained", [False, True], ids=["plain", "linf-ball"])
+@pytest.mark.parametrize("constrained", [None, "linf", "onto_l2", "onto_l1"], ids=str)
 @pytest.mark.parametrize("name", OP_NAMES)
 def test_opcheck(name, constrained, device):
     args, kwargs = _raw_op_args(name, device, constrained)

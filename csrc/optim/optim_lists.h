@@ -101,7 +101,9 @@ inline void check_scalar_tensor(const std::optional<at::Tensor>& t, const char* 
   TORCH_CHECK(t->device() == device, name, " is on ", t->device(), " but must be on ", device);
 }
 
-enum class Ball { kNone, kLinf, kL2 };
+// kOnto: the exact Euclidean projection onto ball ∩ box (l2 or l1, `onto_norm`), which
+// optim_ops.h runs after an unconstrained update as advx::project_onto_ per param.
+enum class Ball { kNone, kLinf, kL2, kOnto };
 
 // The constraint of one call. `radii[i]` is params[i]'s per-sample radius ([B_i], in the
 // math dtype); `centers` is empty (center 0) or one tensor like each param.
@@ -109,6 +111,7 @@ struct Constraint {
   Ball ball = Ball::kNone;
   bool box = false;  // lo or hi finite
   double lo = 0, hi = 0;
+  std::string onto_norm;  // "l2" or "l1" for Ball::kOnto
   at::TensorList centers;
   std::vector<at::Tensor> radii;  // contiguous: the kernels index radius[sample]
   bool active() const { return ball != Ball::kNone || box; }
@@ -125,8 +128,11 @@ inline Constraint check_constraint(at::TensorList params, at::TensorList centers
     c.ball = Ball::kLinf;
   } else if (norm == "l2") {
     c.ball = Ball::kL2;
+  } else if (norm == "onto_l2" || norm == "onto_l1") {
+    c.ball = Ball::kOnto;
+    c.onto_norm = norm.substr(5);
   } else {
-    TORCH_CHECK(false, "constraint_norm must be 'none', 'linf' or 'l2', got '", norm, "'");
+    TORCH_CHECK(false, "constraint_norm must be 'none', 'linf', 'l2', 'onto_l2' or 'onto_l1', got '", norm, "'");
   }
   TORCH_CHECK(!(lo > hi) && lo == lo && hi == hi, "constraint bounds must satisfy lo <= hi, got (",
               lo, ", ", hi, ")");

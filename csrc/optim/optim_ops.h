@@ -5,6 +5,9 @@
 // optim_cuda.cu op<cuda_apply::Driver>. A Driver provides kDevice (the kernel's device
 // type) and run<Rule>(const StepCall<Rule>&).
 #include <ATen/core/List.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/ops/where.h>
+#include <ATen/ops/zeros_like.h>
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
@@ -63,11 +66,42 @@ inline std::optional<Constraint> check_rest(at::TensorList params, const at::Dev
   return k;
 }
 
+// The exact projection of every param onto its ball ∩ box (Ball::kOnto), by the
+// project_onto_ op on the param's device. A step skipped by found_inf leaves the params
+// as they were: the projection's result is then discarded on the device (no host read).
+inline void project_onto_each(const Constraint& k, at::TensorList params, const std::vector<at::Tensor>& before,
+                              const std::optional<at::Tensor>& found_inf) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("advx::project_onto_", "")
+                             // the signature of the project_onto_ kernels (project/)
+                             .typed<void(at::Tensor, const at::Tensor&, const at::Tensor&, std::string, double,
+                                         double)>();
+  for (size_t i = 0; i < params.size(); ++i) {
+    const at::Tensor& p = params[i];
+    if (p.numel() == 0) continue;
+    const at::Tensor center = k.has_center() ? k.centers[i] : at::zeros_like(p);
+    op.call(p, center, k.radii[i], k.onto_norm, k.lo, k.hi);
+    if (found_inf) p.copy_(at::where(found_inf->ne(0), before[i], p));
+  }
+}
+
 // The driver's update, then the version counter of every tensor it wrote (params, states,
 // step counters) bumped, as torch.optim's in-place updates do.
 template <typename Driver, typename Rule>
 void run(const StepCall<Rule>& call) {
-  Driver::template run<Rule>(call);
+  if (call.constraint.ball == Ball::kOnto) {
+    // the update without constraint (no box either), then the exact projection
+    std::vector<at::Tensor> before;
+    if (call.found_inf) {
+      for (const at::Tensor& p : call.params) before.push_back(p.clone());
+    }
+    StepCall<Rule> free = call;
+    free.constraint = Constraint{};
+    Driver::template run<Rule>(free);
+    project_onto_each(call.constraint, call.params, before, call.found_inf);
+  } else {
+    Driver::template run<Rule>(call);
+  }
   for (const at::Tensor& p : call.params) bump_version(p);
   for (const at::TensorList& list : call.states) {
     for (const at::Tensor& t : list) bump_version(t);

@@ -6,7 +6,8 @@ parameter is one sample), after every update::
 
     p[b] = clamp(center[b] + project(p[b] - center[b], eps[b], norm), lo, hi)
 
-``LpBall`` is that ball (``norm`` "linf" or "l2") plus optional box ``bounds``;
+``LpBall`` is that ball (``norm`` "linf", "l2" or "l1") plus optional box ``bounds``
+(``exact=True``: the Euclidean projection onto ball ∩ box instead of ball then box);
 ``Box(lo, hi)`` is the box alone. Projected gradient descent with any optimizer is
 then ``advx.optim.Adam([x], constraint=advx.LpBall(x0, eps=8/255, bounds=(0, 1)))``.
 
@@ -79,12 +80,19 @@ class LpBall(Constraint):
     eps: a positive float, or a tensor of shape [B] (one radius per sample; every
         parameter of the group then needs batch size B) or a 0-dim tensor. A tensor is
         read at every step, so changing it in place changes the radius.
-    norm: "linf" or "l2".
+    norm: "linf", "l2" or "l1" (L1 is always the exact projection).
     bounds: (lo, hi) box applied after the projection, or None.
+    exact: False (default): scale into the ball, then clamp to the box (what the published
+        attacks do). True: the Euclidean projection onto ball ∩ box (advx.ops.project_onto_),
+        the nearest feasible point, which scaling then clamping is not when the box cuts the
+        L2 ball. For L-inf the two are the same point (the center lies in the box).
     """
 
-    def __init__(self, center=None, eps=None, norm: str = "linf", bounds=None):
-        self.norm = _validate.norm(norm)
+    def __init__(self, center=None, eps=None, norm: str = "linf", bounds=None, exact: bool = False):
+        self.norm = _validate.norm(norm, _validate.L1_NORMS)
+        if not isinstance(exact, bool):
+            raise TypeError(f"exact must be True or False, got {exact!r}")
+        self.exact = exact or self.norm == "l1"
         self.lo, self.hi = _validate.bounds(bounds)
         if eps is None:
             raise TypeError("LpBall needs eps (the radius): a positive float or a [B] tensor")
@@ -121,7 +129,8 @@ class LpBall(Constraint):
 
     def kernel_args(self, params):
         centers = [] if self.centers is None else self.centers
-        return centers, [self._radius(p) for p in params], self.norm, self.lo, self.hi
+        norm = f"onto_{self.norm}" if self.exact and self.norm != "linf" else self.norm
+        return centers, [self._radius(p) for p in params], norm, self.lo, self.hi
 
     def subset(self, positions):
         if self.centers is None:
@@ -148,7 +157,7 @@ class LpBall(Constraint):
         eps = f"tensor{tuple(self.eps.shape)}" if isinstance(self.eps, torch.Tensor) else self.eps
         center = None if self.centers is None else f"[{len(self.centers)} tensor(s)]"
         bounds = None if math.isinf(self.lo) and math.isinf(self.hi) else (self.lo, self.hi)
-        return f"LpBall(center={center}, eps={eps}, norm={self.norm!r}, bounds={bounds})"
+        return f"LpBall(center={center}, eps={eps}, norm={self.norm!r}, bounds={bounds}, exact={self.exact})"
 
 
 def _check_center(center):

@@ -7,7 +7,7 @@ import math
 import torch
 
 from . import exact
-from .project import project_
+from .project import project_, project_onto_
 
 __all__ = ["sgd_step_", "adagrad_step_", "rmsprop_step_", "adam_step_"]
 
@@ -52,6 +52,11 @@ def _constrain_(params, constraint) -> None:
         eps = constraint.eps if radii is None else radii[i]
         center = centers[i] if centers else torch.zeros_like(p)
         batch = p.shape[0] if p.dim() else 1
+        if getattr(constraint, "exact", False) and norm != "linf":  # onto ball ∩ box
+            q = p.reshape(batch, -1).clone()
+            project_onto_(q, center.reshape(batch, -1), eps, norm, (constraint.lo, constraint.hi))
+            p.copy_(q.reshape(p.shape))
+            continue
         delta = (p - center).reshape(batch, -1)
         project_(delta, eps, norm)
         p.copy_(center + delta.reshape(p.shape)).clamp_(lo, hi)
