@@ -58,6 +58,33 @@ def pgd_cases(device: str, quick: bool) -> list[dict]:
     return rows
 
 
+def apgd_cases(device: str, quick: bool) -> list[dict]:
+    """apgd_step_ (one APGD iteration: momentum step and both projections) against its
+    eager reference and torch.compile of it (L1: no compile, its bisection reads back)."""
+    rows = []
+    shapes = [(256, 3, 32, 32), (4096, 784)] if not quick else [(256, 3, 32, 32)]
+    if device == "cuda":
+        shapes = [(256, 3, 32, 32), (4096, 3, 32, 32), (64, 3, 224, 224)] if not quick else shapes
+    ref = _compiled(reference.apgd_step_)
+    cases = [(norm, shape) for norm in ("linf", "l2") for shape in shapes] + [("l1", shapes[0])]
+    for norm, shape in cases:
+        x = torch.rand(shape, device=device)
+        xp, g, xo = torch.rand_like(x), torch.randn_like(x), torch.rand_like(x)
+        if norm == "l1":  # the sparse sign direction the L1 attack passes
+            g = g.sign() * (g.abs() > 2.0)
+        eps = {"linf": 8 / 255, "l2": 0.5, "l1": 12.0}[norm]
+        nbytes = 6 * x.numel() * x.element_size()  # reads x, x_prev, g, x_orig; writes x, x_prev
+        impls = {
+            "advx": lambda: ops.apgd_step_(x, xp, g, xo, eps, 2 * eps, 0.75, norm),
+            "eager reference": lambda: reference.apgd_step_(x, xp, g, xo, eps, 2 * eps, 0.75, norm),
+        }
+        if norm != "l1":
+            impls["torch.compile(reference)"] = lambda: ref(x, xp, g, xo, eps, 2 * eps, 0.75, norm)
+        rows += compare(f"apgd_step_ {norm}", "x".join(map(str, shape)), impls, device, nbytes=nbytes,
+                        copy=copy_gbps(nbytes, device))
+    return rows
+
+
 def markdown(rows: list[dict], meta: dict) -> str:
     lines = [f"# advx benchmark: {meta['device_name']}", "",
              f"torch {meta['torch']}, advx {meta['advx']}, {meta['date']}; medians of repeated runs, "
@@ -76,14 +103,16 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--quick", action="store_true", help="fewer sizes")
-    p.add_argument("--only", choices=["pgd", "edge", "optim"], action="append",
+    p.add_argument("--only", choices=["pgd", "apgd", "edge", "optim"], action="append",
                    help="run only these groups (repeatable)")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     args = p.parse_args(argv)
-    groups = args.only or ["pgd", "edge", "optim"]
+    groups = args.only or ["pgd", "apgd", "edge", "optim"]
     rows = []
     if "pgd" in groups:
         rows += pgd_cases(args.device, args.quick)
+    if "apgd" in groups:
+        rows += apgd_cases(args.device, args.quick)
     if "edge" in groups:
         rows += bench_edge.run(device=args.device, quick=args.quick)
     if "optim" in groups:
@@ -91,7 +120,9 @@ def main(argv=None) -> int:
     meta = run_meta(args.device)
     text = markdown(rows, meta)
     print(text)
-    write_results(args.out, f"ops-{args.device}-{meta['date']}", meta, rows, text)
+    # a partial run (--only) gets its own file instead of overwriting the full one
+    part = "" if args.only is None else "-" + "-".join(sorted(set(args.only)))
+    write_results(args.out, f"ops{part}-{args.device}-{meta['date']}", meta, rows, text)
     return 0
 
 

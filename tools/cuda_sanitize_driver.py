@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Calls every CUDA kernel instantiation of advx once, on small inputs, and synchronizes
 after each call: the workload for compute-sanitizer (memcheck, racecheck, synccheck,
-initcheck). Covered: project_ and pgd_step_ (linf, l2), project_onto_ (linf, l2, l1) and the four optimizer ops x
+initcheck). Covered: project_ and pgd_step_ (linf, l2), project_onto_ and apgd_step_ (linf, l2, l1) and the four optimizer ops x
 float32/float64/float16/bfloat16, on vector-path, odd-length, misaligned and multi-block
 inputs; the optimizers with no constraint, a box, L-inf and L2 balls (around the origin
 and around centers), with an lr tensor, GradScaler's grad_scale/found_inf (also a
@@ -98,6 +98,17 @@ def build_calls(device: str, big: bool):
 
                 calls.append((f"project_onto_ {norm} {dname} {lname}", onto))
 
+                def apgd(shape=shape, mis=mis, dtype=dtype, norm=norm):
+                    x = rand(shape, dtype, positive=True, misaligned=mis)
+                    xp = rand(shape, dtype, positive=True, misaligned=mis)
+                    g = rand(shape, dtype, misaligned=mis)
+                    xo = rand(shape, dtype, positive=True, misaligned=mis)
+                    eps = torch.linspace(0.05, 2.0, shape[0], device=device, dtype=math_dtype(dtype))
+                    ops.apgd_step_(x, xp, g, xo, eps, 2 * eps, 0.75, norm)
+                    ops.apgd_step_(x, xp, g, xo, 0.5, 0.1, 1.0, norm, bounds=None)
+
+                calls.append((f"apgd_step_ {norm} {dname} {lname}", apgd))
+
     # ------------------------------------------------------------ optimizers
     shapes = [(3, 37), (4, 64), (2, 70001), (), (0, 5)]  # odd, vector, two 64K chunks, 0-dim, empty
 
@@ -125,7 +136,7 @@ def build_calls(device: str, big: bool):
                           dict(momentum=0.9), dict()],
         "adam_step_": [dict(amsgrad=True, decoupled_weight_decay=True, weight_decay=0.01), dict()],
     }
-    constraints = ["none", "box", "linf-origin", "linf-center", "l2-origin", "l2-center"]
+    constraints = ["none", "box", "linf-origin", "linf-center", "l2-origin", "l2-center", "onto_l2-center", "onto_l1-origin"]
 
     def optim_call(rule, flags, dtype, kind, *, found_inf=0.0, scalars=True, shape_list=shapes):
         params = params_for(dtype, shape_list)
