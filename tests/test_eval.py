@@ -35,7 +35,8 @@ def test_clean_and_robust_accuracy(device):
     for row in report.rows:
         assert set(row) >= {"name", "norm", "eps", "robust_accuracy"}
         assert 0 <= row["robust_accuracy"] < report.clean_accuracy
-    assert report.rows[1]["robust_accuracy"] <= report.rows[0]["robust_accuracy"]
+    # PGD-5 with a random start against FGSM: stronger up to a sample's luck
+    assert report.rows[1]["robust_accuracy"] <= report.rows[0]["robust_accuracy"] + 0.02 + 1e-9
     # the FGSM row, counted by hand on the correctly classified samples
     correct = predicted(model, x) == y
     adv = FGSM(model, 0.03)(x[correct], y[correct])

@@ -433,8 +433,11 @@ def evaluate(model, data, eps, norm: str = "linf", attacks=DEFAULT_EVAL_ATTACKS,
     clean, robust, fooled_by, distance = [], [], [], []
     zero = bad = 0
     checked = False
+    offset = 0  # dataset index of the batch's first sample: the attacks' per-sample seeds
     with eval_mode(model):
         for x, y, _ in _batches(loader, device, progress):
+            positions = torch.arange(offset, offset + y.shape[0], device=y.device)
+            offset += y.shape[0]
             with torch.no_grad():
                 logits = logits_of(model, x)
             if not checked:
@@ -448,7 +451,7 @@ def evaluate(model, data, eps, norm: str = "linf", attacks=DEFAULT_EVAL_ATTACKS,
                 idx = still.nonzero()[:, 0]
                 if idx.numel() == 0:
                     break
-                res = atk._run(x[idx], y[idx], record_loss=False, report=False)
+                res = atk._run(x[idx], y[idx], record_loss=False, report=False, indices=positions[idx])
                 with torch.no_grad():
                     out = logits_of(model, res.adv)
                 fooled = (out.argmax(dim=1) != y[idx]) & torch.isfinite(out).all(dim=1)

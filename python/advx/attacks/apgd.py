@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import _validate, ops
-from .._runtime import generator, logits_of
+from .._runtime import logits_of
 from .base import Attack, AttackResult, check_labels, checked_grad, loss_logits, project_into_, sample_norms
 
 __all__ = ["APGD", "APGDT", "dlr_loss", "targeted_dlr_loss"]
@@ -112,20 +112,23 @@ class APGD(Attack):
 
     # -- one run ------------------------------------------------------------------------
 
-    def _start(self, x, eps_b, col, gen):
+    def _start(self, x, eps_b, col, rng, draw):
         """The random start in the ball ∩ box: uniform in the L-inf ball, on a random L2
         direction at radius eps (then the box), or for L1 a Gaussian point projected onto
-        the L1 ball ∩ box (as the L1 reference does)."""
+        the L1 ball ∩ box (as the L1 reference does). ``rng``: the per-sample generator
+        (advx._rng; None: torch's global RNG), ``draw`` the run's number."""
         batch = x.shape[0]
         eps_x = eps_b.to(x.dtype).reshape(col)
         if self.norm == "linf":
-            t = 2 * torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype) - 1
+            if rng is None:
+                t = 2 * torch.rand(x.shape, device=x.device, dtype=x.dtype) - 1
+            else:
+                t = 2 * rng.uniform(x.shape[1:], draw, dtype=x.dtype) - 1
             start = x + eps_x * t / t.reshape(batch, -1).abs().amax(dim=1).reshape(col)
-        elif self.norm == "l2":
-            t = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
-            start = x + eps_x * t / (sample_norms(t, "l2").reshape(col) + 1e-12)
         else:
-            start = x + torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+            t = torch.randn(x.shape, device=x.device, dtype=x.dtype) if rng is None else \
+                rng.normal(x.shape[1:], draw, dtype=x.dtype)
+            start = x + (t if self.norm == "l1" else eps_x * t / (sample_norms(t, "l2").reshape(col) + 1e-12))
         return project_into_(start.contiguous(), x, eps_b, self.norm, self.bounds)
 
     def _direction(self, grad, topk):
@@ -140,13 +143,13 @@ class APGD(Attack):
         threshold = flat.abs().sort(dim=1).values.gather(1, at[:, None])
         return (flat.sign() * (flat.abs() >= threshold)).reshape(grad.shape)
 
-    def _single_run(self, x, labels, eps, targets, gen):
+    def _single_run(self, x, labels, eps, targets, rng, draw):
         """One APGD run on (x, labels): (best-loss point, ever fooled, first fooled point,
         its iteration (-1: never), zero-gradient and non-finite flags)."""
         batch, dims = x.shape[0], x.dim() - 1
         col = (-1,) + (1,) * dims
         eps_b = _validate.budget_tensor(eps, "eps", x)  # rounded toward zero, as the kernels read it
-        x_adv = self._start(x, eps_b, col, gen)
+        x_adv = self._start(x, eps_b, col, rng, draw)
         # step sizes per sample in the math dtype, halved (L1: adapted) at checkpoints
         full_step = (1.0 if self.norm == "l1" else 2.0) * eps_b
         step = full_step.clone()
@@ -214,7 +217,7 @@ class APGD(Attack):
     def _attack(self, images, labels, record_loss, report=True) -> AttackResult:
         eps = self.eps.to(images.device) if isinstance(self.eps, torch.Tensor) else self.eps
         batch = images.shape[0]
-        gen = generator(self.seed, images.device)
+        rng = self._random("start")
         with torch.no_grad():
             clean_logits = logits_of(self.model, images)
         check_labels(self._label_span, clean_logits.shape[1])
@@ -228,6 +231,7 @@ class APGD(Attack):
         col = (-1,) + (1,) * (images.dim() - 1)
         # each run attacks only the samples not fooled yet (one host read per run, none
         # inside a run's iterations)
+        runs = 0  # each (target, restart) run draws its own start: draw number `runs`
         for targets in self._targets_of(clean_logits, labels):
             for _ in range(self.restarts):
                 left = (~fooled).nonzero()[:, 0]
@@ -236,7 +240,8 @@ class APGD(Attack):
                 sub_eps = eps[left] if isinstance(eps, torch.Tensor) and eps.dim() == 1 else eps
                 sub_targets = None if targets is None else targets[left]
                 x_best, now, first_fooled, at, zg, nf = self._single_run(
-                    images[left], labels[left], sub_eps, sub_targets, gen)
+                    images[left], labels[left], sub_eps, sub_targets, None if rng is None else rng.subset(left), runs)
+                runs += 1
                 adv[left] = torch.where(now.reshape(col), first_fooled, adv[left])
                 best_loss_point[left] = x_best
                 first[left] = torch.where(now, done + at, first[left])

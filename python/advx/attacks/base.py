@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import _validate, ops
+from .._rng import SampleRandom
 from .._runtime import eval_mode, logits_of
 
 __all__ = ["Attack", "AttackResult"]
@@ -140,6 +141,26 @@ def project_into_(v: torch.Tensor, center: torch.Tensor, eps_b: torch.Tensor, no
     return ops.pgd_step_(v, torch.zeros_like(v), center, eps_b, eps_b, norm, bounds)
 
 
+def _check_indices(indices, images: torch.Tensor) -> torch.Tensor:
+    """The [B] dataset indices of a call: positions in the batch by default."""
+    batch = images.shape[0]
+    if indices is None:
+        return torch.arange(batch, device=images.device)
+    if not isinstance(indices, torch.Tensor):
+        try:
+            indices = torch.as_tensor(indices)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(f"indices must be a [B] integer tensor, got {type(indices).__name__}") from None
+    if indices.is_floating_point() or indices.is_complex() or indices.dtype == torch.bool:
+        raise TypeError(f"indices must be integers (the samples' indices in the dataset), got {indices.dtype}")
+    if indices.shape != (batch,):
+        raise ValueError(f"indices must have shape [{batch}] (one per image), got {tuple(indices.shape)}")
+    indices = indices.to(device=images.device, dtype=torch.int64)
+    if batch and int(indices.min()) < 0:
+        raise ValueError("indices must be non-negative")
+    return indices
+
+
 class Attack:
     """Base class: ``adv = atk(images, labels)`` or ``res = atk.run(images, labels)``.
 
@@ -153,6 +174,7 @@ class Attack:
     norm = "l2"
     eps = None
     _label_span = None  # (min, max) of the current call's labels, set by _check_inputs
+    _indices = None  # the current call's dataset indices [B], set by _run
 
     def __init__(self, model, *, targeted: bool = False, bounds=(0.0, 1.0)):
         check_model(model)
@@ -168,8 +190,12 @@ class Attack:
         eps = self.eps.tolist() if isinstance(self.eps, torch.Tensor) else self.eps
         return f"{type(self).__name__}(name={self.name!r}, norm={self.norm!r}, eps={eps}, targeted={self.targeted})"
 
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return self._run(images, labels, record_loss=False, report=False).adv
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor, *, indices=None) -> torch.Tensor:
+        """The adversarial images. ``indices``: the samples' indices in the dataset, [B]
+        integers (default: their positions in this batch); a seeded attack draws each
+        sample's random numbers from (seed, its index), never from a stream the batch
+        shares, so a sample's result does not depend on the batch it came in."""
+        return self._run(images, labels, record_loss=False, report=False, indices=indices).adv
 
     def with_eps(self, eps) -> "Attack":
         """A copy of this attack with another budget (float or per-sample tensor)."""
@@ -179,14 +205,17 @@ class Attack:
         other.eps = _validate.budget(eps, "eps")
         return other
 
-    def run(self, images: torch.Tensor, labels: torch.Tensor, *, record_loss: bool = False) -> AttackResult:
-        """The attack with its per-sample record (see ``AttackResult``)."""
-        return self._run(images, labels, record_loss=record_loss, report=True)
+    def run(self, images: torch.Tensor, labels: torch.Tensor, *, record_loss: bool = False,
+            indices=None) -> AttackResult:
+        """The attack with its per-sample record (see ``AttackResult``); ``indices`` as in
+        ``atk(images, labels, indices=...)``."""
+        return self._run(images, labels, record_loss=record_loss, report=True, indices=indices)
 
-    def _run(self, images, labels, *, record_loss: bool, report: bool) -> AttackResult:
+    def _run(self, images, labels, *, record_loss: bool, report: bool, indices=None) -> AttackResult:
         if torch.is_inference_mode_enabled():
             raise RuntimeError("attacks need gradients: call them outside torch.inference_mode()")
         images, labels = self._check_inputs(images, labels)
+        self._indices = _check_indices(indices, images)
         if images.shape[0] == 0:
             empty_b = images.new_zeros((0,))
             no = torch.zeros(0, dtype=torch.bool, device=images.device)
@@ -231,6 +260,14 @@ class Attack:
         # read here, with the other checks, for _loop's check against the model's classes
         self._label_span = label_range(labels)
         return images.detach(), labels.detach().long()
+
+    def _random(self, stream: str, indices=None) -> SampleRandom | None:
+        """The per-sample generator of this call for ``stream`` (None without a seed: the
+        global RNG, as torch.manual_seed left it). ``indices``: of a subset of the batch."""
+        seed = getattr(self, "seed", None)
+        if seed is None:
+            return None
+        return SampleRandom(seed, self._indices if indices is None else indices, f"{self.name}/{stream}")
 
     def _objective(self, images, x_adv, logits, labels) -> tuple[torch.Tensor, torch.Tensor]:
         """(objective to ascend, cross-entropy) per sample."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 import torch
 
 from .. import _validate, ops, optim
-from .._runtime import generator
 from ..ops.constraints import LpBall
 from .base import Attack, AttackResult, clamp_box, per_sample, sample_norms
 
@@ -96,36 +95,49 @@ class PGD(Attack):
         return min(lr, torch.finfo(dtype).max * 1e-6)
 
     def _start(self, images: torch.Tensor, eps) -> torch.Tensor:
+        """The random start. Seeded: each sample's numbers come from (seed, its index)
+        (advx._rng), whatever the batch; seed=None: torch's global RNG, drawn as
+        torchattacks draws it."""
         x = images.clone()
         if not self.random_start:
             return x
-        gen = generator(self.seed, images.device)
-        noise = torch.empty_like(images)
+        rng = self._random("start")
+        shape, batch, dtype = images.shape[1:], images.shape[0], images.dtype
+
+        def uniform_pm1():  # [B, ...] uniform in (-1, 1)
+            if rng is None:
+                return torch.empty_like(images).uniform_(-1.0, 1.0)
+            return rng.uniform(shape, 0, dtype=dtype) * 2 - 1
+
+        def radius_draw():  # [B] uniform in (0, 1)
+            if rng is None:
+                return torch.rand(batch, device=images.device, dtype=dtype)
+            return rng.uniform((), 1, dtype=dtype)
+
         # a finite budget too large for the dtype (1e39 in float32) draws in a range it can hold
         largest = torch.finfo(images.dtype).max / 4
         eps = min(eps, largest) if isinstance(eps, float) else eps.clamp(max=largest)
         if self.norm == "linf":
-            if isinstance(eps, float):
-                noise.uniform_(-eps, eps, generator=gen)  # the draw torchattacks makes
+            if rng is None and isinstance(eps, float):
+                noise = torch.empty_like(images).uniform_(-eps, eps)  # the draw torchattacks makes
             else:
-                noise.uniform_(-1.0, 1.0, generator=gen).mul_(per_sample(eps, images))
+                noise = uniform_pm1().mul_(per_sample(eps, images))
         elif self.norm == "l1":  # uniform direction on the L1 sphere (Laplace, normalized), radius eps U^(1/d)
             dims = images[0].numel()
-            noise.exponential_(generator=gen).mul_(
-                torch.randint(0, 2, images.shape, generator=gen, device=images.device).to(images.dtype) * 2 - 1)
-            radius = torch.rand(images.shape[0], generator=gen, device=images.device,
-                                dtype=images.dtype).pow_(1.0 / dims)
-            radius = per_sample(radius, images) * per_sample(eps, images)
+            if rng is None:
+                noise = torch.empty_like(images).exponential_().mul_(
+                    torch.randint(0, 2, images.shape, device=images.device).to(dtype) * 2 - 1)
+            else:
+                noise = -torch.log(rng.uniform(shape, 2, dtype=dtype)) * rng.signs(shape, 3, dtype=dtype)
+            radius = per_sample(radius_draw().pow_(1.0 / dims), images) * per_sample(eps, images)
             noise.div_(per_sample(sample_norms(noise, "l1").clamp_min(1e-30), images)).mul_(radius)
             x = clamp_box(x.add_(noise), self.bounds)
             eps_b = _validate.budget_tensor(eps, "eps", images)
             return ops.project_onto_(x, images, eps_b, "l1", self.bounds)  # exact in the dtype
         else:
             dims = images[0].numel()
-            noise.normal_(generator=gen)
-            radius = torch.rand(images.shape[0], generator=gen, device=images.device,
-                                dtype=images.dtype).pow_(1.0 / dims)
-            radius = per_sample(radius, images) * per_sample(eps, images)
+            noise = torch.empty_like(images).normal_() if rng is None else rng.normal(shape, 2, dtype=dtype)
+            radius = per_sample(radius_draw().pow_(1.0 / dims), images) * per_sample(eps, images)
             # the unit direction first: radius * eps / norm could overflow
             noise.div_(per_sample(sample_norms(noise, "l2").clamp_min(1e-30), images)).mul_(radius)
         return clamp_box(x.add_(noise), self.bounds)
@@ -144,7 +156,9 @@ class PGD(Attack):
             if self.norm == "l1":
                 update = self._l1_update(images, eps_b, alpha_b)
 
-            mean_grad = True
+            # unseeded, the batch mean's gradient, as torchattacks takes it (bit parity);
+            # seeded, the sum's: each sample's own gradient, the same bits in any batch
+            mean_grad = self.seed is None
         else:
             opt = make_optimizer(self.optimizer, [x_adv], self._lr(eps, images.dtype), maximize=True,
                                  constraint=LpBall(center=images, eps=eps, norm=self.norm, bounds=self.bounds))

@@ -1,0 +1,89 @@
+"""Per-sample randomness that does not depend on the batch: a counter-based generator.
+
+Every random number an attack draws for a sample is a hash of (seed, the attack's
+stream name, the draw number (restart, query), the sample's index in the dataset, the
+element's position in the sample). Nothing is drawn from a stream that the batch shares,
+so a sample gets the same numbers whatever the batch size, whichever samples share its
+batch, in whatever order the data comes and on however many processes it is split.
+
+The hash is Wellons' "lowbias32" on 32-bit values held in int64 tensors (the products
+are split so that no int64 product overflows): integer operations only, so the bits are
+the same on every device. Uniform numbers carry 24 bits.
+"""
+from __future__ import annotations
+
+import math
+import zlib
+
+import torch
+
+__all__ = ["SampleRandom"]
+
+_MASK = 0xFFFFFFFF
+
+
+def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
+    """(x * c) mod 2^32 for x in [0, 2^32) held in int64, without overflowing int64."""
+    lo, hi = c & 0xFFFF, c >> 16
+    return (x * lo + (((x * hi) & 0xFFFF) << 16)) & _MASK
+
+
+def _mix(x: torch.Tensor) -> torch.Tensor:
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def _mix_int(v: int) -> int:
+    return int(_mix(torch.tensor([v & _MASK], dtype=torch.int64))[0])
+
+
+class SampleRandom:
+    """Random numbers per sample: ``SampleRandom(seed, indices, stream)``, ``indices`` the
+    [B] dataset indices of the batch's samples and ``stream`` a name (one per attack and
+    purpose). Each method takes a ``draw`` number (a restart, a query) and returns a
+    tensor [B, *shape] whose row b depends only on (seed, stream, draw, indices[b])."""
+
+    def __init__(self, seed: int, indices: torch.Tensor, stream: str):
+        self.indices = indices.to(torch.int64)
+        key = _mix_int(int(seed) & _MASK) ^ _mix_int(int(seed) >> 32) ^ zlib.crc32(stream.encode())
+        self._key = _mix_int(key)
+
+    def subset(self, rows: torch.Tensor) -> "SampleRandom":
+        """The same generator for the samples at ``rows`` of this batch."""
+        other = object.__new__(SampleRandom)
+        other.indices, other._key = self.indices[rows], self._key
+        return other
+
+    def _bits(self, draw: int, count: int) -> torch.Tensor:
+        """[B, count] 32-bit hashes."""
+        idx = self.indices
+        per_sample = _mix(_mix((idx & _MASK) ^ _mix_int(self._key ^ _mix_int(draw))) ^ (idx >> 32))
+        pos = torch.arange(count, device=idx.device, dtype=torch.int64)
+        return _mix(per_sample[:, None] ^ _mix(pos + 0x9E3779B9 & _MASK)[None, :])
+
+    def uniform(self, shape, draw: int = 0, *, dtype=torch.float32) -> torch.Tensor:
+        """Uniform in (0, 1), [B, *shape]."""
+        shape = tuple(shape)
+        count = math.prod(shape)
+        bits = self._bits(draw, count) >> 8  # 24 bits
+        u = (bits.to(torch.float64) + 0.5) / float(1 << 24)
+        return u.to(dtype).reshape(self.indices.shape[0], *shape)
+
+    def normal(self, shape, draw: int = 0, *, dtype=torch.float32) -> torch.Tensor:
+        """Standard normal, [B, *shape] (Box-Muller on two uniforms per number)."""
+        shape = tuple(shape)
+        count = math.prod(shape)
+        u = self.uniform((2, count), draw, dtype=torch.float64)
+        z = torch.sqrt(-2.0 * torch.log(u[:, 0])) * torch.cos(2.0 * math.pi * u[:, 1])
+        return z.to(dtype).reshape(self.indices.shape[0], *shape)
+
+    def signs(self, shape, draw: int = 0, *, dtype=torch.float32) -> torch.Tensor:
+        """-1 or +1 with equal chance, [B, *shape]."""
+        return torch.where(self.uniform(shape, draw, dtype=torch.float64) < 0.5, -1.0, 1.0).to(dtype)
+
+    def integers(self, high: int, draw: int = 0) -> torch.Tensor:
+        """One integer in [0, high) per sample, [B]."""
+        return (self.uniform((), draw, dtype=torch.float64) * high).floor().long().clamp_(max=high - 1)

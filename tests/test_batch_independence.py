@@ -1,0 +1,98 @@
+"""Seeded attacks draw each sample's random numbers from (seed, its dataset index), never
+from a stream the batch shares: a sample's result does not depend on the batch size, on
+which samples share its batch or on their order (advx._rng)."""
+import pytest
+import torch
+from torch import nn
+
+from advx._rng import SampleRandom
+from advx.attacks import APGD, APGDT, PGD
+from advx.data import load_digits
+from advx.eval import evaluate
+
+
+class RowLinear(nn.Linear):
+    """nn.Linear as a product and a sum per row: unlike a BLAS matmul, whose rounding can
+    change with the number of rows, each output row is the same bits in any batch."""
+
+    def forward(self, x):
+        return (x[:, None, :] * self.weight[None]).sum(-1) + self.bias
+
+
+@pytest.fixture(scope="module")
+def mlp_digits():
+    """A float64 MLP whose per-sample outputs and input gradients do not depend on the batch."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), RowLinear(64, 32), nn.ReLU(), RowLinear(32, 10)).double().eval()
+    split = load_digits()
+    x, y = split.test_images[:200].double(), split.test_labels[:200]
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    for _ in range(150):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    return model, x, y
+
+
+def cascade(model, norm):
+    eps = {"linf": 0.1, "l2": 1.0, "l1": 4.0}[norm]
+    attacks = [APGD(model, eps, norm, steps=8, seed=3), APGDT(model, eps, norm, steps=8, n_targets=3, seed=3)]
+    if norm != "l1":
+        attacks.append(PGD(model, eps, steps=8, norm=norm, seed=3))
+    return eps, attacks
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
+def test_per_sample_results_do_not_depend_on_the_batch_size(mlp_digits, norm):
+    model, x, y = mlp_digits
+    eps, attacks = cascade(model, norm)
+    runs = [evaluate(model, (x, y), eps, norm, attacks=attacks, batch_size=bs, progress=False) for bs in (50, 128, 450)]
+    first = runs[0]
+    assert first.robust_accuracy < first.clean_accuracy  # the attacks do something
+    for other in runs[1:]:
+        assert torch.equal(other.robust, first.robust)
+        assert torch.equal(other.fooled_by, first.fooled_by)
+        assert torch.equal(other.distance.nan_to_num(-1.0), first.distance.nan_to_num(-1.0))
+
+
+@pytest.mark.parametrize("make", [lambda m: PGD(m, 0.1, steps=5, seed=1), lambda m: PGD(m, 1.0, steps=5, norm="l2", seed=1),
+                                  lambda m: PGD(m, 3.0, steps=5, norm="l1", seed=1),
+                                  lambda m: APGD(m, 0.1, steps=6, seed=1), lambda m: APGDT(m, 0.1, steps=6, n_targets=2, seed=1)],
+                         ids=["pgd-linf", "pgd-l2", "pgd-l1", "apgd", "apgd-t"])
+def test_a_subset_with_its_indices_gets_the_same_rows(mlp_digits, make):
+    model, x, y = mlp_digits
+    atk = make(model)
+    whole = atk(x[:60], y[:60])
+    rows = torch.tensor([41, 3, 17, 59, 8])
+    assert torch.equal(atk(x[rows], y[rows], indices=rows), whole[rows])
+    # without indices the positions in the batch are the indices: a different draw
+    assert not torch.equal(atk(x[rows], y[rows]), whole[rows])
+
+
+def test_counter_based_generator():
+    idx = torch.arange(1000)
+    r = SampleRandom(7, idx, "x")
+    u = r.uniform((4, 5))
+    assert u.shape == (1000, 4, 5) and float(u.min()) > 0 and float(u.max()) < 1
+    assert abs(float(u.mean()) - 0.5) < 0.01
+    n = r.normal((50,), draw=1)
+    assert abs(float(n.mean())) < 0.02 and abs(float(n.std()) - 1) < 0.02
+    # a row depends only on (seed, stream, draw, index)
+    part = SampleRandom(7, idx[[5, 900]], "x").uniform((4, 5))
+    assert torch.equal(part, u[[5, 900]])
+    assert not torch.equal(SampleRandom(8, idx, "x").uniform((4, 5)), u)
+    assert not torch.equal(SampleRandom(7, idx, "y").uniform((4, 5)), u)
+    assert not torch.equal(r.uniform((4, 5), draw=1), u)
+    k = r.integers(6)
+    assert int(k.min()) == 0 and int(k.max()) == 5
+
+
+def test_bad_indices(mlp_digits):
+    model, x, y = mlp_digits
+    atk = PGD(model, 0.1, steps=1, seed=0)
+    with pytest.raises(ValueError, match="indices must have shape"):
+        atk(x[:4], y[:4], indices=torch.arange(3))
+    with pytest.raises(TypeError, match="indices must be integers"):
+        atk(x[:4], y[:4], indices=torch.zeros(4))
+    with pytest.raises(ValueError, match="non-negative"):
+        atk(x[:4], y[:4], indices=torch.tensor([0, 1, -2, 3]))
