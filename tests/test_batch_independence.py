@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from advx._rng import SampleRandom
-from advx.attacks import APGD, APGDT, PGD
+from advx.attacks import APGD, APGDT, PGD, Square
 from advx.data import load_digits
 from advx.eval import evaluate
 
@@ -38,7 +38,7 @@ def cascade(model, norm):
     eps = {"linf": 0.1, "l2": 1.0, "l1": 4.0}[norm]
     attacks = [APGD(model, eps, norm, steps=8, seed=3), APGDT(model, eps, norm, steps=8, n_targets=3, seed=3)]
     if norm != "l1":
-        attacks.append(PGD(model, eps, steps=8, norm=norm, seed=3))
+        attacks += [Square(model, eps, norm, queries=60, seed=3), PGD(model, eps, steps=8, norm=norm, seed=3)]
     return eps, attacks
 
 
@@ -57,8 +57,10 @@ def test_per_sample_results_do_not_depend_on_the_batch_size(mlp_digits, norm):
 
 @pytest.mark.parametrize("make", [lambda m: PGD(m, 0.1, steps=5, seed=1), lambda m: PGD(m, 1.0, steps=5, norm="l2", seed=1),
                                   lambda m: PGD(m, 3.0, steps=5, norm="l1", seed=1),
-                                  lambda m: APGD(m, 0.1, steps=6, seed=1), lambda m: APGDT(m, 0.1, steps=6, n_targets=2, seed=1)],
-                         ids=["pgd-linf", "pgd-l2", "pgd-l1", "apgd", "apgd-t"])
+                                  lambda m: APGD(m, 0.1, steps=6, seed=1), lambda m: APGDT(m, 0.1, steps=6, n_targets=2, seed=1),
+                                  lambda m: Square(m, 0.1, queries=40, seed=1),
+                                  lambda m: Square(m, 1.0, "l2", queries=40, seed=1)],
+                         ids=["pgd-linf", "pgd-l2", "pgd-l1", "apgd", "apgd-t", "square-linf", "square-l2"])
 def test_a_subset_with_its_indices_gets_the_same_rows(mlp_digits, make):
     model, x, y = mlp_digits
     atk = make(model)

@@ -2,16 +2,20 @@
 only. It needs no gradient, so a model that masks its gradients cannot hide from it: the
 last attack of AutoAttack's cascade.
 
-L-inf: start from vertical stripes of +-eps; each query changes one square window (the
-same window and signs for the batch, its side from the fraction p of the image, p
-shrinking on the published schedule) to +-eps around the image and keeps the change per
-sample if the margin loss z_y - max_{j != y} z_j went down. Only samples not yet fooled
-are queried.
+L-inf: start from vertical stripes of +-eps; each query changes one square window (its
+side from the fraction p of the image, p shrinking on the published schedule; its
+position and signs drawn per sample, as in the paper) to +-eps around the image and
+keeps the change per sample if the margin loss z_y - max_{j != y} z_j went down. Only
+samples not yet fooled are queried.
 
 L2: start from a grid of "pseudo-Gaussian" windows with random signs, scaled to norm eps;
 each query moves the perturbation's mass between two windows of side s (the first gets a
 new centered bump plus its old content, renormalized so the whole perturbation keeps
 norm eps; the second is zeroed), then rescales to eps. The construction is the paper's.
+
+Every random number of a sample (stripes, windows, signs) comes from (seed, its dataset
+index, the query) through advx._rng, so its result does not depend on the batch it came
+in; without a seed, the seed itself is drawn from torch's global RNG.
 """
 from __future__ import annotations
 
@@ -20,7 +24,8 @@ import math
 import torch
 
 from .. import _validate
-from .._runtime import generator, logits_of
+from .._runtime import logits_of
+from .._rng import SampleRandom
 from .base import Attack, AttackResult, check_labels, loss_logits, project_into_, sample_norms
 
 __all__ = ["Square", "p_schedule"]
@@ -71,40 +76,42 @@ class Square(Attack):
         # a non-finite margin is never an improvement and never a success
         return torch.where(torch.isfinite(m), m, torch.full_like(m, math.inf)), ~torch.isfinite(logits).all(dim=1)
 
-    def _l2_init(self, images, gen):
-        """The L2 start: a grid of pseudo-Gaussian windows of side h // 5 with random signs."""
+    def _l2_init(self, images, rng):
+        """The L2 start: a grid of pseudo-Gaussian windows of side h // 5 with random signs
+        and orientations per sample."""
         batch, c, h, w = images.shape
         delta = torch.zeros_like(images)
         s = max(h // 5, 1)
         start = (h - s * 5) // 2 if h >= 5 else 0
+        bump = _pseudo_gaussian(s, images)
+        k = 0
         for vh in range(start, h, s):
             for vw in range(start, w, s):
-                bump = _pseudo_gaussian(s, gen, images)
-                signs = torch.randint(0, 2, (batch, c, 1, 1), generator=gen, device=images.device).to(images.dtype)
+                flip = (rng.uniform((), 2 * k, dtype=torch.float64) > 0.5).reshape(-1, 1, 1)
+                oriented = torch.where(flip, bump.t(), bump)  # [B, s, s]
+                signs = rng.signs((c, 1, 1), 2 * k + 1, dtype=images.dtype)
                 patch = delta[:, :, vh:vh + s, vw:vw + s]
-                patch += bump[:patch.shape[2], :patch.shape[3]] * (2 * signs - 1)
+                patch += oriented[:, None, :patch.shape[2], :patch.shape[3]] * signs
+                k += 1
         return delta
 
-    def _l2_query(self, x_cur, x_best_cur, e_cur, s, gen, host):
-        """One L2 proposal for the samples being queried (the paper's window move)."""
+    def _l2_query(self, x_cur, x_best_cur, e_cur, s, windows, signs):
+        """One L2 proposal for the samples being queried (the paper's window move), each
+        sample with its own two windows (``windows``: [B] row and column of the first and
+        the second) and signs."""
         b, c, h, w = x_cur.shape
         e = e_cur.to(torch.float64).reshape(-1, 1, 1, 1)
         delta = (x_best_cur - x_cur).double()
-        vh, vw = (int(torch.randint(0, max(h - s, 0) + 1, (), generator=host)) for _ in range(2))
-        vh2, vw2 = (int(torch.randint(0, max(h - s, 0) + 1, (), generator=host)) for _ in range(2))
-        norm_window = delta[:, :, vh:vh + s, vw:vw + s].pow(2).sum(dim=(-2, -1), keepdim=True).sqrt()
-        mask = torch.zeros_like(delta)
-        mask[:, :, vh:vh + s, vw:vw + s] = 1.0
-        mask[:, :, vh2:vh2 + s, vw2:vw2 + s] = 1.0
+        (vh, vw), (vh2, vw2) = windows
+        first, second = _window_mask(vh, vw, s, h, w), _window_mask(vh2, vw2, s, h, w)
+        norm_window = (delta * first).pow(2).sum(dim=(-2, -1), keepdim=True).sqrt()
         norm_image = _l2(delta)
-        norm_windows = _l2(delta * mask)
-        signs = torch.randint(0, 2, (b, c, 1, 1), generator=gen, device=x_cur.device).double() * 2 - 1
-        new = _rectangles(s, s, x_cur.device).reshape(1, 1, s, s) * signs
-        new = new + delta[:, :, vh:vh + s, vw:vw + s] / (1e-12 + norm_window)
+        norm_windows = _l2(delta * (first | second))
+        bump = _place(_rectangles(s, s, x_cur.device), vh, vw, h, w)  # [B, 1, h, w], zero outside
+        new = (bump * signs.double() + delta / (1e-12 + norm_window)) * first
         budget = ((e ** 2 - norm_image ** 2).clamp_min(0) / c + norm_windows ** 2).sqrt()
         new = new / (1e-12 + new.pow(2).sum(dim=(-2, -1), keepdim=True).sqrt()) * budget
-        delta[:, :, vh2:vh2 + s, vw2:vw2 + s] = 0.0
-        delta[:, :, vh:vh + s, vw:vw + s] = new
+        delta = torch.where(first, new, torch.where(second, 0.0, delta))
         return (x_cur.double() + e * delta / (_l2(delta) + 1e-12)).to(x_cur.dtype)
 
     def _attack(self, images, labels, record_loss, report=True) -> AttackResult:
@@ -114,19 +121,19 @@ class Square(Attack):
         eps = self.eps.to(images.device) if isinstance(self.eps, torch.Tensor) else self.eps
         eps_b = _validate.budget_tensor(eps, "eps", images)
         eps_x = eps_b.to(images.dtype).reshape(-1, 1, 1, 1)
-        gen = generator(self.seed, images.device)
-        # the window positions are drawn on the host: no device read per query
-        host = torch.Generator().manual_seed(self.seed if self.seed is not None else
-                                             int(torch.randint(0, 2 ** 31 - 1, ())))
+        # per-sample draws (no stream shared by the batch, no host read per query)
+        seed = self.seed if self.seed is not None else int(torch.randint(0, 2 ** 62, ()))
+        start_rng, window_rng, sign_rng = (SampleRandom(seed, self._indices, f"{self.name}/{part}")
+                                           for part in ("start", "window", "signs"))
 
         def project(v, center, e):  # into the ball around center and the box, exact in the dtype
             return project_into_(v, center, e, self.norm, self.bounds)
 
         if self.norm == "linf":
-            stripes = torch.randint(0, 2, (batch, c, 1, w), generator=gen, device=images.device).to(images.dtype)
-            x_best = project(images + eps_x * (2 * stripes - 1), images, eps_b)
+            stripes = start_rng.signs((c, 1, w), dtype=images.dtype)
+            x_best = project(images + eps_x * stripes, images, eps_b)
         else:
-            start = self._l2_init(images, gen).double()
+            start = self._l2_init(images, start_rng).double()
             x_best = project((images.double() + eps_x.double() * start / (_l2(start) + 1e-12)).to(images.dtype),
                              images, eps_b)
         m_best, nonfinite = self._margin(x_best, labels, check_labels_first=True)
@@ -137,18 +144,19 @@ class Square(Attack):
                 break
             p = p_schedule(self.p_init, q - 1, self.queries)
             x_cur, e_cur = images[left], eps_b[left]
+            windows, signs = window_rng.subset(left), sign_rng.subset(left)
             if self.norm == "linf":
                 s = min(max(int(round(math.sqrt(p * h * w))), 1), h - 1) if h > 1 else 1
-                vh = int(torch.randint(0, max(h - s, 0) + 1, (), generator=host))
-                vw = int(torch.randint(0, max(w - s, 0) + 1, (), generator=host))
-                signs = torch.randint(0, 2, (c, 1, 1), generator=gen, device=images.device).to(images.dtype) * 2 - 1
-                x_new = x_best[left].clone()
-                x_new[:, :, vh:vh + s, vw:vw + s] = x_cur[:, :, vh:vh + s, vw:vw + s] + \
-                    e_cur.to(images.dtype).reshape(-1, 1, 1, 1) * signs
+                vh, vw = windows.integers(max(h - s, 0) + 1, 4 * q), windows.integers(max(w - s, 0) + 1, 4 * q + 1)
+                step = e_cur.to(images.dtype).reshape(-1, 1, 1, 1) * signs.signs((c, 1, 1), q, dtype=images.dtype)
+                x_new = torch.where(_window_mask(vh, vw, s, h, w), x_cur + step, x_best[left])
             else:
                 s = max(int(round(math.sqrt(p * h * w))), 3)
                 s = min(s + 1 - s % 2, h, w)  # odd, and at most the image
-                x_new = self._l2_query(x_cur, x_best[left], e_cur, s, gen, host)
+                corners = [(windows.integers(max(h - s, 0) + 1, 4 * q + 2 * k),
+                            windows.integers(max(w - s, 0) + 1, 4 * q + 2 * k + 1)) for k in range(2)]
+                x_new = self._l2_query(x_cur, x_best[left], e_cur, s, corners,
+                                       signs.signs((c, 1, 1), q, dtype=images.dtype))
             x_new = project(x_new, x_cur, e_cur)
             m_new, bad = self._margin(x_new, labels[left])
             nonfinite[left] |= bad
@@ -181,8 +189,9 @@ def _rectangles(x: int, y: int, device) -> torch.Tensor:
     return delta / delta.pow(2).sum().sqrt()
 
 
-def _pseudo_gaussian(s: int, gen, like: torch.Tensor) -> torch.Tensor:
-    """Two opposite bumps stacked (the top half positive), transposed at random."""
+def _pseudo_gaussian(s: int, like: torch.Tensor) -> torch.Tensor:
+    """Two opposite bumps stacked (the top half positive); the caller transposes it at
+    random per sample."""
     delta = torch.zeros((s, s), dtype=torch.float64, device=like.device)
     if s >= 2:
         delta[:s // 2] = _rectangles(s // 2, s, like.device)
@@ -190,6 +199,24 @@ def _pseudo_gaussian(s: int, gen, like: torch.Tensor) -> torch.Tensor:
     else:
         delta[:] = 1.0
     delta = delta / delta.pow(2).sum().sqrt()
-    if float(torch.rand((), generator=gen, device=like.device)) > 0.5:
-        delta = delta.t()
     return delta.to(like.dtype)
+
+
+def _window_mask(vh: torch.Tensor, vw: torch.Tensor, s: int, h: int, w: int) -> torch.Tensor:
+    """[B, 1, h, w] bool: the s x s window at row vh[b], column vw[b] of each sample."""
+    rows = torch.arange(h, device=vh.device)
+    cols = torch.arange(w, device=vh.device)
+    in_rows = (rows[None, :] >= vh[:, None]) & (rows[None, :] < vh[:, None] + s)
+    in_cols = (cols[None, :] >= vw[:, None]) & (cols[None, :] < vw[:, None] + s)
+    return (in_rows[:, :, None] & in_cols[:, None, :])[:, None]
+
+
+def _place(patch: torch.Tensor, vh: torch.Tensor, vw: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """[B, 1, h, w]: the [s, s] ``patch`` at row vh[b], column vw[b] of each sample, zero
+    elsewhere."""
+    s = patch.shape[0]
+    i = torch.arange(h, device=vh.device)[None, :] - vh[:, None]  # [B, h]
+    j = torch.arange(w, device=vw.device)[None, :] - vw[:, None]
+    inside = ((i >= 0) & (i < s))[:, :, None] & ((j >= 0) & (j < s))[:, None, :]
+    values = patch[i.clamp(0, s - 1)[:, :, None], j.clamp(0, s - 1)[:, None, :]]  # [B, h, w]
+    return torch.where(inside, values, 0.0)[:, None]
