@@ -239,10 +239,15 @@ def cmd_eval(args) -> int:
     model = _load_model(args, device)
     images, labels, _, known = _load_data(args, model, device)
     evaluations = []
-    for eps in args.eps if args.eps is not None else [_default_eps(args)]:
+    budgets = args.eps if args.eps is not None else [_default_eps(args)]
+    for eps in budgets:
         suite = _eval_suite(args, model, eps)
+        checkpoint = args.checkpoint
+        if checkpoint is not None and len(budgets) > 1:  # one file per budget
+            checkpoint = f"{checkpoint}.eps{eps:g}"
         evaluations.append(evaluate(model, (images, labels), eps, args.norm, suite, batch_size=args.batch_size,
-                                    device=device, progress=sys.stderr.isatty()))
+                                    seed=args.seed, device=device, progress=sys.stderr.isatty(),
+                                    checkpoint=checkpoint))
     if not known:
         print("(no class folders: labels are the model's own predictions, so clean accuracy is 1 by construction)")
     for ev in evaluations:
@@ -371,6 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--apgd-steps", type=int, default=100, help="iterations of the APGD attacks (default 100)")
     p.add_argument("--queries", type=int, default=5000, help="queries of Square (default 5000)")
     p.add_argument("--json", metavar="FILE", help="also write the report as JSON")
+    p.add_argument("--checkpoint", metavar="FILE",
+                   help="write the per-sample results there as they come; a rerun with the same arguments "
+                        "resumes after the last finished batch (several --eps: FILE.eps<value> each)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("visualize", help="images that maximize a class or a unit of a layer",

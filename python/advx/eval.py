@@ -401,8 +401,42 @@ def _model_checks(model, images: torch.Tensor, logits: torch.Tensor) -> list:
     return found
 
 
+def _attack_batch(model, named, x, y, logits, positions):
+    """The cascade on one batch: (clean, robust, fooled_by, distance, zero-gradient and
+    non-finite counts), each attack on the samples still robust."""
+    ok = (logits.argmax(dim=1) == y) & torch.isfinite(logits).all(dim=1)
+    still = ok.clone()
+    by = torch.full_like(y, -1)
+    dist = torch.full((y.shape[0],), float("nan"), device=y.device, dtype=torch.float64)
+    zero = bad = 0
+    for j, (_, atk) in enumerate(named):
+        idx = still.nonzero()[:, 0]
+        if idx.numel() == 0:
+            break
+        res = atk._run(x[idx], y[idx], record_loss=False, report=False, indices=positions[idx])
+        with torch.no_grad():
+            out = logits_of(model, res.adv)
+        fooled = (out.argmax(dim=1) != y[idx]) & torch.isfinite(out).all(dim=1)
+        hit = idx[fooled]
+        by[hit] = j
+        dist[hit] = sample_norms(res.adv.double() - x[idx].double(), atk.norm)[fooled]
+        still[hit] = False
+        flags = torch.stack([res.zero_grad if res.zero_grad is not None else torch.zeros_like(fooled),
+                             res.nonfinite if res.nonfinite is not None else torch.zeros_like(fooled)])
+        z, b = flags.sum(dim=1).tolist()
+        zero, bad = zero + z, bad + b
+    return ok, still, by, dist, zero, bad
+
+
+def _length(loader):
+    try:
+        return len(loader.dataset)
+    except (TypeError, AttributeError):
+        return None
+
+
 def evaluate(model, data, eps, norm: str = "linf", attacks=DEFAULT_EVAL_ATTACKS, *, batch_size: int = 256,
-             seed=0, device=None, progress: bool = True) -> Evaluation:
+             seed=0, device=None, progress: bool = True, checkpoint=None) -> Evaluation:
     """Robust accuracy as the worst case over a cascade of attacks, AutoAttack style.
 
     Clean accuracy first; then each attack in ``attacks`` runs only on the samples still
@@ -410,8 +444,15 @@ def evaluate(model, data, eps, norm: str = "linf", attacks=DEFAULT_EVAL_ATTACKS,
     from ``EVAL_ATTACKS`` ("apgd-ce", "apgd-dlr", "apgd-t" at 100 steps, "square" at 5000
     queries, "pgd" at 50 steps, "fgsm") or attack objects (their own eps and norm).
     ``data`` as in robust_accuracy.
+
+    ``checkpoint``: a file path. The per-sample results are written there after every
+    batch (atomically: a temporary file, then a rename), and a rerun with the same
+    arguments continues after the last finished batch instead of starting over; a file
+    from another model, data, eps, norm, attack list or seed is refused with a message
+    naming what differs. Each sample's random numbers come from (seed, its index), so a
+    resumed run gives the uninterrupted run's result.
     """
-    from . import _validate
+    from . import _checkpoint, _validate
 
     eps = _validate.positive(eps, "eps")
     norm = _validate.norm(norm, _validate.L1_NORMS)
@@ -433,40 +474,41 @@ def evaluate(model, data, eps, norm: str = "linf", attacks=DEFAULT_EVAL_ATTACKS,
     clean, robust, fooled_by, distance = [], [], [], []
     zero = bad = 0
     checked = False
+    resume = None if checkpoint is None else _checkpoint.load(checkpoint)
+    done = 0  # samples whose results came from the checkpoint
     offset = 0  # dataset index of the batch's first sample: the attacks' per-sample seeds
     with eval_mode(model):
         for x, y, _ in _batches(loader, device, progress):
-            positions = torch.arange(offset, offset + y.shape[0], device=y.device)
-            offset += y.shape[0]
+            start, offset = offset, offset + y.shape[0]
+            if checkpoint is not None and start == 0:
+                want = _checkpoint.fingerprint(model, x[:1], y[:1], _length(loader), eps, norm, named, seed)
+                if resume is not None:
+                    _checkpoint.check(resume, want, checkpoint)
+                    done = int(resume["done"])
+                    clean, robust = [resume["clean"]], [resume["robust"]]
+                    fooled_by, distance = [resume["fooled_by"]], [resume["distance"]]
+                    zero, bad, notes, checked = int(resume["zero"]), int(resume["bad"]), list(resume["notes"]), True
+            if offset <= done:
+                continue  # finished before the interruption
+            skip = max(done - start, 0)
+            x, y = x[skip:], y[skip:]
+            positions = torch.arange(start + skip, offset, device=y.device)
             with torch.no_grad():
                 logits = logits_of(model, x)
             if not checked:
                 notes += _model_checks(model, x, logits)
                 checked = True
-            ok = (logits.argmax(dim=1) == y) & torch.isfinite(logits).all(dim=1)
-            still = ok.clone()
-            by = torch.full_like(y, -1)
-            dist = torch.full((y.shape[0],), float("nan"), device=device, dtype=torch.float64)
-            for j, (_, atk) in enumerate(named):
-                idx = still.nonzero()[:, 0]
-                if idx.numel() == 0:
-                    break
-                res = atk._run(x[idx], y[idx], record_loss=False, report=False, indices=positions[idx])
-                with torch.no_grad():
-                    out = logits_of(model, res.adv)
-                fooled = (out.argmax(dim=1) != y[idx]) & torch.isfinite(out).all(dim=1)
-                hit = idx[fooled]
-                by[hit] = j
-                dist[hit] = sample_norms(res.adv.double() - x[idx].double(), atk.norm)[fooled]
-                still[hit] = False
-                flags = torch.stack([res.zero_grad if res.zero_grad is not None else torch.zeros_like(fooled),
-                                     res.nonfinite if res.nonfinite is not None else torch.zeros_like(fooled)])
-                z, b = flags.sum(dim=1).tolist()
-                zero, bad = zero + z, bad + b
+            ok, still, by, dist, z, b = _attack_batch(model, named, x, y, logits, positions)
+            zero, bad = zero + z, bad + b
             clean.append(ok.cpu())
             robust.append(still.cpu())
             fooled_by.append(by.cpu())
             distance.append(dist.cpu())
+            if checkpoint is not None:
+                _checkpoint.save(checkpoint, {
+                    "fingerprint": want, "done": offset, "clean": torch.cat(clean), "robust": torch.cat(robust),
+                    "fooled_by": torch.cat(fooled_by), "distance": torch.cat(distance), "zero": zero, "bad": bad,
+                    "notes": list(notes)})
     if not clean:
         raise ValueError("data is empty")
     clean_t, robust_t, by_t = torch.cat(clean), torch.cat(robust), torch.cat(fooled_by)
