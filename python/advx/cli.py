@@ -233,9 +233,14 @@ def _eval_suite(args, model, eps: float) -> list:
 
 
 def cmd_eval(args) -> int:
+    from . import _distributed
     from .eval import evaluate
 
-    device = _device(args.device)
+    # under torchrun: one process group (NCCL on GPUs, one per rank; gloo on CPUs), each
+    # rank evaluates its shard, rank 0 prints and writes the gathered result
+    ranked = _distributed.init_from_env()
+    rank, _ = _distributed.world()
+    device = ranked if ranked is not None and args.device is None else _device(args.device)
     model = _load_model(args, device)
     images, labels, _, known = _load_data(args, model, device)
     evaluations = []
@@ -248,6 +253,8 @@ def cmd_eval(args) -> int:
         evaluations.append(evaluate(model, (images, labels), eps, args.norm, suite, batch_size=args.batch_size,
                                     seed=args.seed, device=device, progress=sys.stderr.isatty(),
                                     checkpoint=checkpoint))
+    if rank != 0:
+        return 0
     if not known:
         print("(no class folders: labels are the model's own predictions, so clean accuracy is 1 by construction)")
     for ev in evaluations:

@@ -342,9 +342,9 @@ class Evaluation:
             "clean_accuracy": self.clean_accuracy, "robust_accuracy": self.robust_accuracy,
             "after_attack": [{"attack": a, "robust_accuracy": r} for a, r in zip(self.attacks, self.after_attack)],
             "zero_grad": self.zero_grad, "nonfinite": self.nonfinite, "warnings": list(self.warnings),
-            "per_sample": [{"clean": c, "robust": r, "fooled_by": f, "distance": None if d != d else d}
-                           for c, r, f, d in zip(self.clean.tolist(), self.robust.tolist(),
-                                                 self.fooled_by.tolist(), self.distance.tolist())],
+            "per_sample": [{"index": i, "clean": c, "robust": r, "fooled_by": f, "distance": None if d != d else d}
+                           for i, (c, r, f, d) in enumerate(zip(self.clean.tolist(), self.robust.tolist(),
+                                                                self.fooled_by.tolist(), self.distance.tolist()))],
         }
 
     def __str__(self) -> str:
@@ -451,8 +451,13 @@ def evaluate(model, data, eps, norm: str = "linf", attacks=DEFAULT_EVAL_ATTACKS,
     from another model, data, eps, norm, attack list or seed is refused with a message
     naming what differs. Each sample's random numbers come from (seed, its index), so a
     resumed run gives the uninterrupted run's result.
+
+    Inside an initialized torch.distributed process group (e.g. under ``torchrun``), each
+    rank evaluates a contiguous shard of the data and every rank returns the whole
+    result, gathered in dataset order: the same per-sample result as one process (each
+    rank's checkpoint is ``PATH.rank<r>of<n>``).
     """
-    from . import _checkpoint, _validate
+    from . import _checkpoint, _distributed, _validate
 
     eps = _validate.positive(eps, "eps")
     norm = _validate.norm(norm, _validate.L1_NORMS)
@@ -471,16 +476,23 @@ def evaluate(model, data, eps, norm: str = "linf", attacks=DEFAULT_EVAL_ATTACKS,
             raise ValueError(f"attack {name} is targeted; the evaluation needs untargeted attacks")
     loader = _loader(data, batch_size)
     device = torch.device(device) if device is not None else default_device(model)
+    rank, ranks = _distributed.world()
+    first_index = 0  # dataset index of this process's first sample
+    if ranks > 1:
+        loader, first_index = _distributed.shard(loader, rank, ranks)
+        progress = progress and rank == 0
+        if checkpoint is not None:
+            checkpoint = f"{checkpoint}.rank{rank}of{ranks}"
     clean, robust, fooled_by, distance = [], [], [], []
     zero = bad = 0
     checked = False
     resume = None if checkpoint is None else _checkpoint.load(checkpoint)
-    done = 0  # samples whose results came from the checkpoint
-    offset = 0  # dataset index of the batch's first sample: the attacks' per-sample seeds
+    done = first_index  # samples before it: another rank's, or finished before an interruption
+    offset = first_index  # dataset index of the batch's first sample: the attacks' per-sample seeds
     with eval_mode(model):
         for x, y, _ in _batches(loader, device, progress):
             start, offset = offset, offset + y.shape[0]
-            if checkpoint is not None and start == 0:
+            if checkpoint is not None and start == first_index:
                 want = _checkpoint.fingerprint(model, x[:1], y[:1], _length(loader), eps, norm, named, seed)
                 if resume is not None:
                     _checkpoint.check(resume, want, checkpoint)
@@ -509,6 +521,12 @@ def evaluate(model, data, eps, norm: str = "linf", attacks=DEFAULT_EVAL_ATTACKS,
                     "fingerprint": want, "done": offset, "clean": torch.cat(clean), "robust": torch.cat(robust),
                     "fooled_by": torch.cat(fooled_by), "distance": torch.cat(distance), "zero": zero, "bad": bad,
                     "notes": list(notes)})
+    if ranks > 1:  # every rank gets every sample's result, in dataset order
+        parts = _distributed.gather([torch.cat(t) if t else None for t in (clean, robust, fooled_by, distance)]
+                                    + [zero, bad, notes])
+        clean, robust, fooled_by, distance = ([p[k] for p in parts if p[k] is not None] for k in range(4))
+        zero, bad = sum(p[4] for p in parts), sum(p[5] for p in parts)
+        notes = list(dict.fromkeys(note for p in parts for note in p[6]))
     if not clean:
         raise ValueError("data is empty")
     clean_t, robust_t, by_t = torch.cat(clean), torch.cat(robust), torch.cat(fooled_by)
