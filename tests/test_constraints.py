@@ -46,6 +46,21 @@ def project_reference_(p, center, eps, norm, lo, hi):
     p.copy_(torch.clamp(center + delta.reshape(p.shape), lo, hi))
 
 
+def fused_and_reference_step(name, x, grad, state, **kwargs):
+    """One step of the fused op ``name`` and of its advx.reference twin, each on its own
+    copies of x, the three state tensors and a step counter of 2: (ours, theirs), the x's."""
+    args = {"sgd_step_": lambda s: ([s[0]], [s[1]], [s[2]]),
+            "adagrad_step_": lambda s: ([s[0]], [s[1]], [s[2]], s[5]),
+            "rmsprop_step_": lambda s: ([s[0]], [s[1]], [s[2]], [], [], s[5]),
+            "adam_step_": lambda s: ([s[0]], [s[1]], [s[2]], [s[3]], [], s[5])}[name]
+    out = []
+    for impl in (advx.ops, reference):
+        lists = [x.clone(), grad, *[t.clone() for t in state], [torch.tensor(2.0, device=x.device)]]
+        getattr(impl, name)(*args(lists), **kwargs)
+        out.append(lists[0])
+    return out
+
+
 def assert_inside(p, center, eps, norm, lo, hi):
     delta = (p - center).reshape(p.shape[0], -1).double()
     size = delta.abs().amax(dim=1) if norm == "linf" else delta.norm(dim=1)
@@ -143,19 +158,11 @@ def test_fused_op_constraint_matches_reference(name, norm, device):
     eps_before = eps.clone()
     constraint = advx.LpBall([x0], eps=eps, norm=norm, bounds=(-0.25, 1.25))
     state = [torch.rand(x0.shape, generator=gen, dtype=torch.float64).to(device) for _ in range(3)]
-    steps = [torch.tensor(2.0, device=device)]
-    args = {"sgd_step_": lambda s: ([s[0]], [s[1]], [s[2]]),
-            "adagrad_step_": lambda s: ([s[0]], [s[1]], [s[2]], s[5]),
-            "rmsprop_step_": lambda s: ([s[0]], [s[1]], [s[2]], [], [], s[5]),
-            "adam_step_": lambda s: ([s[0]], [s[1]], [s[2]], [s[3]], [], s[5])}[name]
-    ours = [x.clone(), grads[0], *[t.clone() for t in state], [s.clone() for s in steps]]
-    theirs = [x.clone(), grads[0], *[t.clone() for t in state], [s.clone() for s in steps]]
     kwargs = dict(lr=0.1, constraint=constraint) if name != "sgd_step_" else dict(lr=0.1, momentum=0.5, constraint=constraint)
-    getattr(advx.ops, name)(*args(ours), **kwargs)
-    getattr(reference, name)(*args(theirs), **kwargs)
-    assert_close(ours[0], theirs[0])
+    ours, theirs = fused_and_reference_step(name, x, grads[0], state, **kwargs)
+    assert_close(ours, theirs)
     assert torch.equal(eps, eps_before)
-    assert_inside(ours[0], x0, eps, norm, -0.25, 1.25)
+    assert_inside(ours, x0, eps, norm, -0.25, 1.25)
 
 
 # ------------------------------------------------------------------ validation

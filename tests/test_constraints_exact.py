@@ -8,7 +8,7 @@ from torch.testing import assert_close
 import advx
 from advx import reference
 
-from test_constraints import LAYOUTS, OPTIMIZERS, clone_layout, make_input
+from test_constraints import LAYOUTS, OPTIMIZERS, clone_layout, fused_and_reference_step, make_input
 
 
 def onto_reference_(p, center, eps, norm, lo, hi):
@@ -73,20 +73,11 @@ def test_fused_op_matches_reference(name, norm, dtype, device):
     eps = torch.tensor([0.01, 0.1, 0.5, 2.0, 50.0], dtype=torch.float64, device=device)
     constraint = advx.LpBall([x0], eps=eps, norm=norm, bounds=(-0.25, 1.25), exact=True)
     state = [torch.rand(x0.shape, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype) for _ in range(3)]
-    steps = [torch.tensor(2.0, device=device)]
-    args = {"sgd_step_": lambda s: ([s[0]], [s[1]], [s[2]]),
-            "adagrad_step_": lambda s: ([s[0]], [s[1]], [s[2]], s[5]),
-            "rmsprop_step_": lambda s: ([s[0]], [s[1]], [s[2]], [], [], s[5]),
-            "adam_step_": lambda s: ([s[0]], [s[1]], [s[2]], [s[3]], [], s[5])}[name]
-    ours = [x.clone(), grads[0], *[t.clone() for t in state], [s.clone() for s in steps]]
-    theirs = [x.clone(), grads[0], *[t.clone() for t in state], [s.clone() for s in steps]]
-    kwargs = dict(lr=0.1, constraint=constraint)
-    getattr(advx.ops, name)(*args(ours), **kwargs)
-    getattr(reference, name)(*args(theirs), **kwargs)
+    ours, theirs = fused_and_reference_step(name, x, grads[0], state, lr=0.1, constraint=constraint)
     tol = dict(atol=2e-2, rtol=2e-2) if dtype == torch.bfloat16 else dict(atol=1e-5, rtol=1e-5)
-    assert_close(ours[0], theirs[0], **tol)
-    assert bool((sizes(ours[0], x0, norm) <= eps).all())
-    assert float(ours[0].double().min()) >= -0.25 and float(ours[0].double().max()) <= 1.25
+    assert_close(ours, theirs, **tol)
+    assert bool((sizes(ours, x0, norm) <= eps).all())
+    assert float(ours.double().min()) >= -0.25 and float(ours.double().max()) <= 1.25
 
 
 def test_skipped_step_changes_nothing(device):

@@ -129,13 +129,17 @@ def _progress_bar(total, progress: bool):
     return tqdm(total=total, unit="img", desc="robust_accuracy")
 
 
+def _length(loader):
+    """The number of samples of the loader's dataset; None where it has no length."""
+    try:
+        return len(loader.dataset)
+    except (TypeError, AttributeError):
+        return None
+
+
 def _batches(loader, device, progress: bool):
     """(images, labels, bar) per batch, on ``device``; the bar advances after each batch."""
-    try:
-        total = len(loader.dataset)
-    except (TypeError, AttributeError):
-        total = None
-    bar = _progress_bar(total, progress)
+    bar = _progress_bar(_length(loader), progress)
     try:
         for batch in loader:
             images, labels = batch[0].to(device), batch[1].to(device).long()
@@ -426,13 +430,6 @@ def _attack_batch(model, named, x, y, logits, positions):
         z, b = flags.sum(dim=1).tolist()
         zero, bad = zero + z, bad + b
     return ok, still, by, dist, zero, bad
-
-
-def _length(loader):
-    try:
-        return len(loader.dataset)
-    except (TypeError, AttributeError):
-        return None
 
 
 def evaluate(model, data, eps, norm: str = "linf", attacks=DEFAULT_EVAL_ATTACKS, *, batch_size: int = 256,

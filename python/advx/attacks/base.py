@@ -261,13 +261,13 @@ class Attack:
         self._label_span = label_range(labels)
         return images.detach(), labels.detach().long()
 
-    def _random(self, stream: str, indices=None) -> SampleRandom | None:
+    def _random(self, stream: str) -> SampleRandom | None:
         """The per-sample generator of this call for ``stream`` (None without a seed: the
-        global RNG, as torch.manual_seed left it). ``indices``: of a subset of the batch."""
+        global RNG, as torch.manual_seed left it); ``.subset(rows)`` for part of the batch."""
         seed = getattr(self, "seed", None)
         if seed is None:
             return None
-        return SampleRandom(seed, self._indices if indices is None else indices, f"{self.name}/{stream}")
+        return SampleRandom(seed, self._indices, f"{self.name}/{stream}")
 
     def _objective(self, images, x_adv, logits, labels) -> tuple[torch.Tensor, torch.Tensor]:
         """(objective to ascend, cross-entropy) per sample."""

@@ -107,7 +107,7 @@ class Square(Attack):
         norm_window = (delta * first).pow(2).sum(dim=(-2, -1), keepdim=True).sqrt()
         norm_image = _l2(delta)
         norm_windows = _l2(delta * (first | second))
-        bump = _place(_rectangles(s, s, x_cur.device), vh, vw, h, w)  # [B, 1, h, w], zero outside
+        bump = _place(_rectangles(s, s, x_cur.device), vh, vw, first)  # [B, 1, h, w], zero outside
         new = (bump * signs.double() + delta / (1e-12 + norm_window)) * first
         budget = ((e ** 2 - norm_image ** 2).clamp_min(0) / c + norm_windows ** 2).sqrt()
         new = new / (1e-12 + new.pow(2).sum(dim=(-2, -1), keepdim=True).sqrt()) * budget
@@ -211,12 +211,10 @@ def _window_mask(vh: torch.Tensor, vw: torch.Tensor, s: int, h: int, w: int) -> 
     return (in_rows[:, :, None] & in_cols[:, None, :])[:, None]
 
 
-def _place(patch: torch.Tensor, vh: torch.Tensor, vw: torch.Tensor, h: int, w: int) -> torch.Tensor:
+def _place(patch: torch.Tensor, vh: torch.Tensor, vw: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
     """[B, 1, h, w]: the [s, s] ``patch`` at row vh[b], column vw[b] of each sample, zero
-    elsewhere."""
-    s = patch.shape[0]
-    i = torch.arange(h, device=vh.device)[None, :] - vh[:, None]  # [B, h]
-    j = torch.arange(w, device=vw.device)[None, :] - vw[:, None]
-    inside = ((i >= 0) & (i < s))[:, :, None] & ((j >= 0) & (j < s))[:, None, :]
-    values = patch[i.clamp(0, s - 1)[:, :, None], j.clamp(0, s - 1)[:, None, :]]  # [B, h, w]
-    return torch.where(inside, values, 0.0)[:, None]
+    outside that sample's ``window`` (_window_mask's)."""
+    s, (h, w) = patch.shape[0], window.shape[-2:]
+    i = (torch.arange(h, device=vh.device)[None, :] - vh[:, None]).clamp(0, s - 1)  # [B, h]
+    j = (torch.arange(w, device=vw.device)[None, :] - vw[:, None]).clamp(0, s - 1)
+    return torch.where(window, patch[i[:, :, None], j[:, None, :]][:, None], 0.0)
