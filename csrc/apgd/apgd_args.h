@@ -2,13 +2,14 @@
 // Checked arguments of apgd_step_, shared by the CPU and CUDA ops: dense batch-major
 // tensors, worked on through contiguous copies (written back after) when the caller's
 // layouts differ.
-#include <ATen/MemoryOverlap.h>
 #include <ATen/core/Tensor.h>
 
 #include <cmath>
 #include <string>
 
 #include "common/checks.h"
+#include "common/exact.h"
+#include "common/macros.h"
 
 namespace advx {
 namespace apgd {
@@ -18,19 +19,6 @@ struct StepArgs {
   int64_t batch, n;
   int p;  // 0: linf, 1: l1, 2: l2
 };
-
-// Whether two tensors may share memory (a strided pair that torch cannot compare: when
-// they are views of one storage).
-inline bool shares_memory(const at::Tensor& a, const at::Tensor& b) {
-  switch (at::get_overlap_status(a, b)) {
-    case at::MemOverlapStatus::No:
-      return false;
-    case at::MemOverlapStatus::TooHard:
-      return a.storage().is_alias_of(b.storage());
-    default:
-      return true;
-  }
-}
 
 // An input read while `a` and `b` are written: a copy whenever it shares memory with
 // either (the l2 / l1 passes read x_orig again after x is written, in the fit).
@@ -67,6 +55,29 @@ inline StepArgs step_args(const at::Tensor& x_adv, const at::Tensor& x_prev, con
           batch,
           batch == 0 ? 0 : x_adv.numel() / batch,
           norm == "linf" ? 0 : (norm == "l1" ? 1 : 2)};
+}
+
+// What both devices' kernels take, for one dtype: the data pointers, the per-sample
+// budgets, alpha and 1 - alpha in the math type, and the box rounded inward (exact.h).
+template <typename scalar_t>
+struct StepData {
+  using T = opmath_t<scalar_t>;
+  scalar_t* x;
+  scalar_t* x_prev;
+  const scalar_t* g;
+  const scalar_t* c;
+  const T* eps;
+  const T* eta;
+  T a, keep, lo, hi;
+};
+
+template <typename scalar_t>
+StepData<scalar_t> step_data(const StepArgs& args, double alpha, double lo, double hi) {
+  using T = opmath_t<scalar_t>;
+  return {args.x.data_ptr<scalar_t>(),     args.x_prev.data_ptr<scalar_t>(), args.g.data_ptr<scalar_t>(),
+          args.xo.data_ptr<scalar_t>(),    args.eps.data_ptr<T>(),           args.eta.data_ptr<T>(),
+          static_cast<T>(alpha),           static_cast<T>(1.0 - alpha),      box_lo<scalar_t>(lo),
+          box_hi<scalar_t>(hi)};
 }
 
 // The results into the caller's tensors (when worked on through copies); both version

@@ -59,17 +59,11 @@ void apgd_step_cpu(at::Tensor x_adv, at::Tensor x_prev, const at::Tensor& grad, 
     const int64_t batch = args.batch, n = args.n;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, args.x.scalar_type(), "apgd_step_", [&] {
       using T = opmath_t<scalar_t>;
-      scalar_t* xp = args.x.data_ptr<scalar_t>();
-      scalar_t* pp = args.x_prev.data_ptr<scalar_t>();
-      const scalar_t* gp = args.g.data_ptr<scalar_t>();
-      const scalar_t* cp = args.xo.data_ptr<scalar_t>();
-      const T* ep = args.eps.data_ptr<T>();
-      const T* sp = args.eta.data_ptr<T>();
-      const T a = static_cast<T>(alpha), keep = static_cast<T>(1.0 - alpha);
-      const T tlo = box_lo<scalar_t>(lo), thi = box_hi<scalar_t>(hi);
+      const auto d = apgd::step_data<scalar_t>(args, alpha, lo, hi);
       if (args.p == 0) {
         cpu::for_each_sample_piece(batch, n, [&](int64_t b, int64_t s, int64_t t) {
-          linf_range<scalar_t, T>(xp + s, pp + s, gp + s, cp + s, t - s, ep[b], sp[b], a, keep, tlo, thi);
+          linf_range<scalar_t, T>(d.x + s, d.x_prev + s, d.g + s, d.c + s, t - s, d.eps[b], d.eta[b], d.a, d.keep,
+                                  d.lo, d.hi);
         });
         return;
       }
@@ -77,11 +71,11 @@ void apgd_step_cpu(at::Tensor x_adv, at::Tensor x_prev, const at::Tensor& grad, 
       at::parallel_for(0, batch, grain, [&](int64_t begin, int64_t end) {
         for (int64_t b = begin; b < end; ++b) {
           const int64_t o = b * n;
-          apgd::lp_sample<scalar_t>(args.p, xp + o, pp + o, gp + o, cp + o, ep[b], sp[b], a, keep, tlo, thi,
-                                    LaneSum{n}, Loop{n});
+          apgd::lp_sample<scalar_t>(args.p, d.x + o, d.x_prev + o, d.g + o, d.c + o, d.eps[b], d.eta[b], d.a, d.keep,
+                                    d.lo, d.hi, LaneSum{n}, Loop{n});
         }
       });
-      cpu::lp_fit<scalar_t>(xp, cp, ep, batch, n, args.p);
+      cpu::lp_fit<scalar_t>(d.x, d.c, d.eps, batch, n, args.p);
     });
   }
   apgd::write_back(x_adv, x_prev, args);

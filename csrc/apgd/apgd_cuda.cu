@@ -19,17 +19,16 @@ namespace {
 
 using cuda::kThreads;
 
-template <typename scalar_t, typename T>
-__global__ void __launch_bounds__(kThreads)
-    apgd_linf_kernel(scalar_t* x, scalar_t* xp, const scalar_t* g, const scalar_t* c, const T* eps,
-                     const T* eta, int64_t numel, int64_t n, T a, T keep, T lo, T hi) {
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads) apgd_linf_kernel(apgd::StepData<scalar_t> d, int64_t numel, int64_t n) {
+  using T = opmath_t<scalar_t>;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(kThreads) + threadIdx.x; i < numel; i += stride) {
     const int64_t b = i / n;
-    const scalar_t old = x[i];
-    x[i] = apgd::linf_element<scalar_t, T>(static_cast<T>(old), static_cast<T>(xp[i]), static_cast<T>(g[i]),
-                                           static_cast<T>(c[i]), eps[b], eta[b], a, keep, lo, hi);
-    xp[i] = old;
+    const scalar_t old = d.x[i];
+    d.x[i] = apgd::linf_element<scalar_t, T>(static_cast<T>(old), static_cast<T>(d.x_prev[i]), static_cast<T>(d.g[i]),
+                                             static_cast<T>(d.c[i]), d.eps[b], d.eta[b], d.a, d.keep, d.lo, d.hi);
+    d.x_prev[i] = old;
   }
 }
 
@@ -38,15 +37,9 @@ struct BlockSum {
   int64_t n;
   template <typename F>
   __device__ double operator()(const F& f) const {
-    __shared__ double total;
     double acc = 0.0;
     for (int64_t i = threadIdx.x; i < n; i += blockDim.x) acc += f(i);
-    acc = cuda::block_reduce_sum(acc);
-    if (threadIdx.x == 0) total = acc;
-    __syncthreads();
-    const double out = total;
-    __syncthreads();  // `total` free for the next sum
-    return out;
+    return cuda::block_sum_to_all(acc);
   }
 };
 
@@ -58,12 +51,10 @@ struct BlockEach {
   }
 };
 
-template <typename scalar_t, typename T>
-__global__ void __launch_bounds__(kThreads)
-    apgd_lp_kernel(int p, scalar_t* x, scalar_t* xp, const scalar_t* g, const scalar_t* c, const T* eps,
-                   const T* eta, int64_t n, T a, T keep, T lo, T hi) {
-  const int64_t o = blockIdx.x * n;
-  apgd::lp_sample<scalar_t>(p, x + o, xp + o, g + o, c + o, eps[blockIdx.x], eta[blockIdx.x], a, keep, lo, hi,
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads) apgd_lp_kernel(int p, apgd::StepData<scalar_t> d, int64_t n) {
+  const int64_t b = blockIdx.x, o = b * n;
+  apgd::lp_sample<scalar_t>(p, d.x + o, d.x_prev + o, d.g + o, d.c + o, d.eps[b], d.eta[b], d.a, d.keep, d.lo, d.hi,
                             BlockSum{n}, BlockEach{n});
 }
 
@@ -76,25 +67,15 @@ void apgd_step_cuda(at::Tensor x_adv, at::Tensor x_prev, const at::Tensor& grad,
     const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
     const int64_t batch = args.batch, n = args.n;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, args.x.scalar_type(), "apgd_step_", [&] {
-      using T = opmath_t<scalar_t>;
-      scalar_t* xp = args.x.data_ptr<scalar_t>();
-      scalar_t* pp = args.x_prev.data_ptr<scalar_t>();
-      const scalar_t* gp = args.g.data_ptr<scalar_t>();
-      const scalar_t* cp = args.xo.data_ptr<scalar_t>();
-      const T* ep = args.eps.data_ptr<T>();
-      const T* sp = args.eta.data_ptr<T>();
-      const T a = static_cast<T>(alpha), keep = static_cast<T>(1.0 - alpha);
-      const T tlo = box_lo<scalar_t>(lo), thi = box_hi<scalar_t>(hi);
+      const auto d = apgd::step_data<scalar_t>(args, alpha, lo, hi);
       if (args.p == 0) {
-        apgd_linf_kernel<scalar_t, T><<<cuda::grid_for(batch * n), kThreads, 0, stream>>>(
-            xp, pp, gp, cp, ep, sp, batch * n, n, a, keep, tlo, thi);
+        apgd_linf_kernel<scalar_t><<<cuda::grid_for(batch * n), kThreads, 0, stream>>>(d, batch * n, n);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
         return;
       }
-      apgd_lp_kernel<scalar_t, T><<<cuda::checked_grid(batch, "apgd_step_"), kThreads, 0, stream>>>(
-          args.p, xp, pp, gp, cp, ep, sp, n, a, keep, tlo, thi);
+      apgd_lp_kernel<scalar_t><<<cuda::checked_grid(batch, "apgd_step_"), kThreads, 0, stream>>>(args.p, d, n);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-      cuda::lp_fit<scalar_t>(xp, cp, ep, batch, n, stream, cuda::NeverSkip{}, args.p);
+      cuda::lp_fit<scalar_t>(d.x, d.c, d.eps, batch, n, stream, cuda::NeverSkip{}, args.p);
     });
   }
   apgd::write_back(x_adv, x_prev, args);

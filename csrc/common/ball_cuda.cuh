@@ -28,7 +28,6 @@ __global__ void __launch_bounds__(kThreads)
     lp_fit_kernel(scalar_t* x, const scalar_t* c, const opmath_t<scalar_t>* eps, int64_t n,
                   Skip skip, int p) {
   if (skip()) return;
-  __shared__ double shrink;
   const int64_t b = blockIdx.x;
   scalar_t* xs = x + b * n;
   const scalar_t* cs = c == nullptr ? nullptr : c + b * n;
@@ -38,15 +37,13 @@ __global__ void __launch_bounds__(kThreads)
     for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
       acc += lp_term(p, to_double(xs[i]) - (cs == nullptr ? 0.0 : to_double(cs[i])));
     }
-    acc = block_reduce_sum(acc);
-    if (threadIdx.x == 0) shrink = lp_inside(p, acc, e) ? -1.0 : lp_shrink_factor(p, acc, e);
-    __syncthreads();
-    const double s = shrink;
-    if (s < 0.0) return;  // every thread read the same value: all leave together
+    const double sum = block_sum_to_all(acc);  // every thread the same: all leave together
+    if (lp_inside(p, sum, e)) return;
+    const double s = lp_shrink_factor(p, sum, e);
     for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
       xs[i] = l2_shrink_toward(xs[i], cs == nullptr ? 0.0 : to_double(cs[i]), s);
     }
-    __syncthreads();  // writes seen, and `shrink` free to be written again
+    __syncthreads();  // the writes seen before the next round's sum
   }
 }
 

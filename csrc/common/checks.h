@@ -107,6 +107,19 @@ inline bool overlaps_partially(const at::Tensor& input, const at::Tensor& target
   }
 }
 
+// Whether two tensors may share any memory at all (full aliasing included; a strided
+// pair torch cannot compare: when they are views of one storage).
+inline bool shares_memory(const at::Tensor& a, const at::Tensor& b) {
+  switch (at::get_overlap_status(a, b)) {
+    case at::MemOverlapStatus::No:
+      return false;
+    case at::MemOverlapStatus::TooHard:
+      return a.storage().is_alias_of(b.storage());
+    default:
+      return true;
+  }
+}
+
 // An input read while `target` is written: when the two overlap partially (views of one
 // buffer shifted against each other), the input is read from a copy taken before the
 // write, so the result is what it would be with separate tensors.

@@ -95,6 +95,19 @@ __device__ acc_t block_reduce_sum(acc_t v) {
   return block_reduce_sum(v, static_cast<int>(threadIdx.x), static_cast<int>(blockDim.x));
 }
 
+// Sum over the block handed to every thread (block_reduce_sum's is valid in thread 0
+// only): for decisions every thread of a block must take alike. Every thread must call it.
+template <typename acc_t>
+__device__ acc_t block_sum_to_all(acc_t v) {
+  __shared__ acc_t total;
+  v = block_reduce_sum(v);
+  if (threadIdx.x == 0) total = v;
+  __syncthreads();
+  const acc_t out = total;
+  __syncthreads();  // `total` free for the next call
+  return out;
+}
+
 // Sum over aligned groups of G consecutive threads (1, a warp, or the whole block of
 // kThreads); valid in the group's first thread.
 template <int G, typename acc_t>

@@ -388,7 +388,6 @@ template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
     project_onto_kernel(scalar_t* x, const scalar_t* c, const opmath_t<scalar_t>* eps, int64_t n,
                         int p, double lo, double hi) {
-  __shared__ double total;
   const int64_t b = blockIdx.x;
   scalar_t* xs = x + b * n;
   const scalar_t* cs = c + b * n;
@@ -398,12 +397,7 @@ __global__ void __launch_bounds__(kThreads)
       const double ci = to_double(cs[i]);
       acc += project::onto_measure(p, project::onto_coord(p, to_double(xs[i]), ci, m, lo, hi), ci);
     }
-    acc = cuda::block_reduce_sum(acc);
-    if (threadIdx.x == 0) total = acc;
-    __syncthreads();
-    const double out = total;
-    __syncthreads();  // `total` free for the next evaluation
-    return out;
+    return cuda::block_sum_to_all(acc);
   };
   // every thread gets the same sums, so all take the same branches
   const double m = project::onto_multiplier(measure, project::onto_limit(p, static_cast<double>(eps[b])));
