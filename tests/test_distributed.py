@@ -31,7 +31,7 @@ def test_two_gloo_ranks_equal_one_process(tmp_path, digits_cache_dir):
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     two = run([*torchrun, "-m", "advx", *ARGS, "--cache-dir", str(digits_cache_dir), "--json",
                str(tmp_path / "two.json")], digits_cache_dir, tmp_path)
-    assert two.returncode == 0, two.stderr
+    assert two.returncode == 0, two.stdout + two.stderr
     a = json.loads((tmp_path / "one.json").read_text())["evaluations"][0]
     b = json.loads((tmp_path / "two.json").read_text())["evaluations"][0]
     assert [s["index"] for s in b["per_sample"]] == list(range(96))

@@ -35,6 +35,16 @@ def gather(parts: list) -> list:
     return out
 
 
+def finish():
+    """Wait for every rank, then destroy the default group. A rank that exits while
+    others still hold gloo connections to it can abort them at interpreter exit
+    ("terminate called without an active exception"), so the CLI ends through here."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def init_from_env():
     """Under torchrun (WORLD_SIZE > 1 in the environment) and no group yet: initialize the
     default group, NCCL when CUDA is available (one GPU per rank, LOCAL_RANK) and gloo on

@@ -234,11 +234,20 @@ def _eval_suite(args, model, eps: float) -> list:
 
 def cmd_eval(args) -> int:
     from . import _distributed
-    from .eval import evaluate
 
     # under torchrun: one process group (NCCL on GPUs, one per rank; gloo on CPUs), each
     # rank evaluates its shard, rank 0 prints and writes the gathered result
     ranked = _distributed.init_from_env()
+    code = _eval_ranked(args, ranked)
+    if ranked is not None:  # the group this command created; on an error torchrun stops the others
+        _distributed.finish()
+    return code
+
+
+def _eval_ranked(args, ranked) -> int:
+    from . import _distributed
+    from .eval import evaluate
+
     rank, _ = _distributed.world()
     device = ranked if ranked is not None and args.device is None else _device(args.device)
     model = _load_model(args, device)
