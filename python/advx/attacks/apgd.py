@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from .. import _validate, ops
 from .._runtime import logits_of
+from .stream import run_items
 from .base import Attack, AttackResult, check_labels, checked_grad, loss_logits, project_into_, sample_norms
 
 __all__ = ["APGD", "APGDT", "dlr_loss", "targeted_dlr_loss"]
@@ -143,122 +144,220 @@ class APGD(Attack):
         threshold = flat.abs().sort(dim=1).values.gather(1, at[:, None])
         return (flat.sign() * (flat.abs() >= threshold)).reshape(grad.shape)
 
-    def _single_run(self, x, labels, eps, targets, rng, draw):
-        """One APGD run on (x, labels): (best-loss point, ever fooled, first fooled point,
-        its iteration (-1: never), zero-gradient and non-finite flags)."""
-        batch, dims = x.shape[0], x.dim() - 1
-        col = (-1,) + (1,) * dims
-        eps_b = _validate.budget_tensor(eps, "eps", x)  # rounded toward zero, as the kernels read it
-        x_adv = self._start(x, eps_b, col, rng, draw)
-        # step sizes per sample in the math dtype, halved (L1: adapted) at checkpoints
-        full_step = (1.0 if self.norm == "l1" else 2.0) * eps_b
-        step = full_step.clone()
-        logits, loss, grad, nonfinite, zero_grad = self._gradient(x_adv, labels, targets)
-        fooled = self._success(logits, labels)
-        best_fooled = x_adv.clone()
-        x_best, grad_best, loss_best = x_adv.clone(), grad.clone(), loss.clone()
-        loss_steps = torch.zeros((self.steps, batch), device=x.device, dtype=loss.dtype)
-        checkpoints = set(_checkpoints(self.steps))
-        last_check = 0
-        loss_best_last_check = loss_best.clone()
-        reduced_last_check = torch.ones(batch, dtype=torch.bool, device=x.device)
-        n_features = x[0].numel()
-        topk = torch.full((batch,), 0.2, device=x.device)  # L1: the fraction of coordinates moved
-        sparsity_last = torch.full((batch,), float(n_features), device=x.device)
-        x_prev = x_adv.clone()
-        first = torch.where(fooled, 0, -1)
-        for i in range(self.steps):
-            # the fused iteration: momentum step and both projections; x_prev <- x_adv
-            ops.apgd_step_(x_adv, x_prev, self._direction(grad, topk), x, eps_b, step,
-                           1.0 if i == 0 else 0.75, self.norm, self.bounds)
-            logits, loss, grad, bad, zero = self._gradient(x_adv, labels, targets)
-            nonfinite |= bad
-            zero_grad |= zero
-            now = self._success(logits, labels)
-            newly = now & ~fooled
-            best_fooled = torch.where(newly.reshape(col), x_adv, best_fooled)
-            first = torch.where(newly, i + 1, first)
-            fooled |= now
-            loss_steps[i] = loss
-            better = (loss > loss_best).reshape(col)
-            x_best = torch.where(better, x_adv, x_best)
-            grad_best = torch.where(better, grad, grad_best)
-            loss_best = torch.maximum(loss_best, torch.nan_to_num(loss, nan=-torch.inf))
-            if i in checkpoints:
-                if self.norm == "l1":
-                    # L1 (Croce & Hein, ICCV 2021): the sparsity follows the best point's,
-                    # the step resets when that sparsity fell and shrinks otherwise
-                    sparsity = (x_best != x).reshape(batch, -1).sum(1).to(topk.dtype)
-                    restart = sparsity / sparsity_last < 0.95
-                    topk = sparsity / n_features / 1.5
-                    step = torch.where(restart, full_step, step / 1.5)
-                    step = torch.minimum(torch.maximum(step, full_step / 10), full_step)
-                    sparsity_last = sparsity
-                else:
-                    k = i - last_check + 1  # the gap that led here
-                    # the loss rose in at most rho of the last k steps (loss_steps[-1] is 0
-                    # until the last step is written, as in the reference implementation)
-                    rises = sum((loss_steps[i - j] > loss_steps[i - j - 1]) for j in range(k))
-                    oscillating = rises <= k * self.rho
-                    stalled = ~reduced_last_check & (loss_best_last_check >= loss_best)
-                    restart = oscillating | stalled
-                    reduced_last_check = restart
-                    loss_best_last_check = loss_best.clone()
-                    step = torch.where(restart, step / 2, step)
-                h = restart.reshape(col)
-                x_adv = torch.where(h, x_best, x_adv)
-                grad = torch.where(h, grad_best, grad)
-                last_check = i + 1
-        return x_best, fooled, best_fooled, first, zero_grad, nonfinite
-
     def _targets_of(self, clean_logits, labels):
         return [None]
 
     def _attack(self, images, labels, record_loss, report=True) -> AttackResult:
         eps = self.eps.to(images.device) if isinstance(self.eps, torch.Tensor) else self.eps
-        batch = images.shape[0]
-        rng = self._random("start")
         with torch.no_grad():
             clean_logits = logits_of(self.model, images)
         check_labels(self._label_span, clean_logits.shape[1])
-        adv = images.clone()
-        fooled = self._success(clean_logits, labels)
-        best_loss_point = images.clone()
-        zero_grad = torch.zeros(batch, dtype=torch.bool, device=images.device)
-        nonfinite = ~torch.isfinite(clean_logits).all(dim=1)
-        first = torch.where(fooled, 0, -1)
-        done = 0  # iterations of the runs before this one
-        col = (-1,) + (1,) * (images.dim() - 1)
-        # each run attacks only the samples not fooled yet (one host read per run, none
-        # inside a run's iterations)
-        runs = 0  # each (target, restart) run draws its own start: draw number `runs`
-        for targets in self._targets_of(clean_logits, labels):
-            for _ in range(self.restarts):
-                left = (~fooled).nonzero()[:, 0]
-                if left.numel() == 0:
-                    break
-                sub_eps = eps[left] if isinstance(eps, torch.Tensor) and eps.dim() == 1 else eps
-                sub_targets = None if targets is None else targets[left]
-                x_best, now, first_fooled, at, zg, nf = self._single_run(
-                    images[left], labels[left], sub_eps, sub_targets, None if rng is None else rng.subset(left), runs)
-                runs += 1
-                adv[left] = torch.where(now.reshape(col), first_fooled, adv[left])
-                best_loss_point[left] = x_best
-                first[left] = torch.where(now, done + at, first[left])
-                fooled[left] = now
-                zero_grad[left] |= zg
-                nonfinite[left] |= nf
-                done += self.steps
-        # a sample never fooled returns its highest-loss point (inside the budget too)
-        adv = torch.where(fooled.reshape(col), adv, best_loss_point)
+        runs = _Runs(self, images, labels, eps, clean_logits)
+        # the queue run-major: every sample's first run, then the second ... (targets
+        # outer, restarts inner, as the runs were once done one after the other); a run
+        # starts only while its sample is not fooled, and stops as soon as it is
+        order = torch.arange(runs.n_items, device=images.device)
+        run_items(runs, order, self._batch_size or images.shape[0])
+        adv, first = runs.result, runs.first
         if not report:
             return AttackResult(adv=adv, success=None, loss=None, norm=None, first_success=None,
-                                zero_grad=zero_grad, nonfinite=nonfinite)
+                                zero_grad=runs.zero_grad, nonfinite=runs.nonfinite)
         _, ce, success, bad = self._final_pass(images, adv, labels)
-        nonfinite |= bad
+        nonfinite = runs.nonfinite | bad
         first = torch.where(success, first.clamp_min(0), -1)  # iterations over all runs
         return AttackResult(adv=adv, success=success, loss=ce.to(images.dtype), norm=sample_norms(adv - images, self.norm),
-                            first_success=first, zero_grad=zero_grad, nonfinite=nonfinite)
+                            first_success=first, zero_grad=runs.zero_grad, nonfinite=nonfinite)
+
+
+class _Runs:
+    """APGD's runs as work items of advx.attacks.stream: item ``r * B + b`` is run ``r``
+    (target ``r // restarts``, restart ``r % restarts``) of sample ``b``, with all of its
+    state per row: iterate, momentum point, step size, iteration count, the loss history
+    its step-size checkpoints read, its best point. Each row follows exactly the
+    iteration of one APGD run, whatever else shares the batch."""
+
+    def __init__(self, atk: APGD, images, labels, eps, clean_logits):
+        self.atk, self.images, self.labels = atk, images, labels
+        batch = images.shape[0]
+        self.batch, self.col = batch, (-1,) + (1,) * (images.dim() - 1)
+        self.eps_b = _validate.budget_tensor(eps, "eps", images)  # rounded toward zero, as the kernels read it
+        targets = atk._targets_of(clean_logits, labels)
+        self.targets = torch.stack([labels if t is None else t for t in targets])  # [targets, B]
+        self.n_runs = len(targets) * atk.restarts
+        self.n_items = self.n_runs * batch
+        self.rng = atk._random("start")
+        self.early_exit = atk._early_exit
+        steps = atk.steps
+        self.is_check = torch.zeros(steps, dtype=torch.bool, device=images.device)
+        self.is_check[_checkpoints(steps)] = True
+        # per sample: the result
+        self.fooled = atk._success(clean_logits, labels)
+        self.adv = images.clone()
+        self.best_loss_point = images.clone()
+        self.best_from = torch.full((batch,), -1, dtype=torch.int64, device=images.device)
+        self.first = torch.where(self.fooled, 0, -1)
+        self.zero_grad = torch.zeros(batch, dtype=torch.bool, device=images.device)
+        self.nonfinite = ~torch.isfinite(clean_logits).all(dim=1)
+        self.busy = torch.zeros(batch, dtype=torch.bool, device=images.device)
+
+    def admissible(self, items):
+        sample = items % self.batch
+        live = ~self.fooled[sample]
+        busy = self.busy[sample]  # its previous run is still in the batch: this one waits
+        return items[live & ~busy], items[live & busy]
+
+    def _start(self, sample, run, eps_b):
+        """The random starts of the items (sample, run), each run its own draw."""
+        x = self.images[sample]
+        if self.rng is None:
+            return self.atk._start(x, eps_b, self.col, None, 0)
+        out = torch.empty_like(x)
+        for r in run.unique().tolist():  # a handful of distinct runs among newcomers
+            rows = (run == r).nonzero()[:, 0]
+            out[rows] = self.atk._start(x[rows], eps_b[rows], self.col, self.rng.subset(sample[rows]), r)
+        return out
+
+    def admit(self, items):
+        atk = self.atk
+        sample, run = items % self.batch, items // self.batch
+        self.busy[sample] = True
+        eps_b = self.eps_b[sample]
+        x = self._start(sample, run, eps_b)
+        n, device = items.shape[0], items.device
+        full_step = (1.0 if atk.norm == "l1" else 2.0) * eps_b
+        zeros = torch.zeros(n, device=device, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
+        return {
+            "item": items, "sample": sample, "run": run, "target": self.targets[run // atk.restarts, sample],
+            "eps": eps_b, "full_step": full_step, "step": full_step.clone(),
+            "x": x, "x_prev": x.clone(), "grad": torch.zeros_like(x),
+            "i": torch.full((n,), -1, dtype=torch.int64, device=device),  # -1: the start, not yet evaluated
+            "last_check": torch.zeros(n, dtype=torch.int64, device=device),
+            "loss_prev": zeros.clone(), "rises": torch.zeros(n, dtype=torch.int64, device=device),
+            "x_best": x.clone(), "grad_best": torch.zeros_like(x), "loss_best": zeros.clone(),
+            "loss_best_last_check": zeros.clone(), "reduced_last_check": torch.ones(n, dtype=torch.bool, device=device),
+            "topk": torch.full((n,), 0.2, device=device),
+            "sparsity_last": torch.full((n,), float(x[0].numel()), device=device),
+            "fooled": torch.zeros(n, dtype=torch.bool, device=device), "fooled_point": x.clone(),
+            "at": torch.full((n,), -1, dtype=torch.int64, device=device),
+            "zero_grad": torch.zeros(n, dtype=torch.bool, device=device),
+            "nonfinite": torch.zeros(n, dtype=torch.bool, device=device),
+        }
+
+    def step(self, st):
+        atk, col = self.atk, self.col
+        i, x, x_prev = st["i"], st["x"], st["x_prev"]
+        new = i < 0
+        starts = new.nonzero()[:, 0]
+        if starts.numel() < i.shape[0]:
+            # the fused iteration on every row already evaluated (alpha 1 at a run's first
+            # step: no momentum yet); the starts pass unchanged
+            kept = x[starts], x_prev[starts]
+            firsts = (i == 0).nonzero()[:, 0]
+            if firsts.numel():
+                xf, pf = x[firsts], x_prev[firsts]
+            ops.apgd_step_(x, x_prev, atk._direction(st["grad"], st["topk"]), self.images[st["sample"]],
+                           st["eps"], st["step"], 0.75, atk.norm, atk.bounds)
+            if firsts.numel():
+                ops.apgd_step_(xf, pf, atk._direction(st["grad"][firsts], st["topk"][firsts]),
+                               self.images[st["sample"][firsts]], st["eps"][firsts], st["step"][firsts], 1.0,
+                               atk.norm, atk.bounds)
+                x[firsts], x_prev[firsts] = xf, pf
+            x[starts], x_prev[starts] = kept
+        labels = self.labels[st["sample"]]
+        logits, loss, grad, bad, zero = atk._gradient(x, labels, st["target"])
+        st["grad"] = grad
+        st["nonfinite"] |= bad
+        st["zero_grad"] |= zero
+        now = atk._success(logits, labels)
+        newly = now & ~st["fooled"]
+        st["fooled_point"] = torch.where(newly.reshape(col), x, st["fooled_point"])
+        st["at"] = torch.where(newly, st["i"] + 1, st["at"])
+        st["fooled"] |= now
+        # the start: the best point so far and nothing more
+        st["x_best"] = torch.where(new.reshape(col), x, st["x_best"])
+        st["grad_best"] = torch.where(new.reshape(col), grad, st["grad_best"])
+        st["loss_best"] = torch.where(new, loss, st["loss_best"])
+        st["loss_best_last_check"] = torch.where(new, loss, st["loss_best_last_check"])
+        stepped = ~new
+        # the loss rose since the previous iterate (before a run's first iterate: above 0,
+        # as the reference's zero-initialized history reads)
+        st["rises"] += (stepped & (loss > st["loss_prev"])).long()
+        st["loss_prev"] = torch.where(stepped, loss, st["loss_prev"])
+        better = stepped & (loss > st["loss_best"])
+        st["x_best"] = torch.where(better.reshape(col), x, st["x_best"])
+        st["grad_best"] = torch.where(better.reshape(col), grad, st["grad_best"])
+        st["loss_best"] = torch.where(stepped, torch.maximum(st["loss_best"], torch.nan_to_num(loss, nan=-torch.inf)),
+                                      st["loss_best"])
+        check = stepped & self.is_check[i.clamp(0, atk.steps - 1)]
+        if bool(check.any()):
+            self._checkpoint(st, check, i)
+        st["i"] = i + 1
+        out_of_steps = st["i"] >= atk.steps
+        fooled_sample = self.fooled[st["sample"]]  # another run of the sample fooled it
+        if self.early_exit:
+            return st["fooled"] | out_of_steps | fooled_sample
+        return out_of_steps | fooled_sample
+
+    def _checkpoint(self, st, check, i):
+        atk, col = self.atk, self.col
+        if atk.norm == "l1":
+            # L1 (Croce & Hein, ICCV 2021): the sparsity follows the best point's, the
+            # step resets when that sparsity fell and shrinks otherwise
+            x0 = self.images[st["sample"]]
+            sparsity = (st["x_best"] != x0).reshape(x0.shape[0], -1).sum(1).to(st["topk"].dtype)
+            restart = check & (sparsity / st["sparsity_last"] < 0.95)
+            st["topk"] = torch.where(check, sparsity / x0[0].numel() / 1.5, st["topk"])
+            step = torch.where(restart, st["full_step"], st["step"] / 1.5)
+            step = torch.minimum(torch.maximum(step, st["full_step"] / 10), st["full_step"])
+            st["step"] = torch.where(check, step, st["step"])
+            st["sparsity_last"] = torch.where(check, sparsity, st["sparsity_last"])
+        else:
+            k = i - st["last_check"] + 1  # the iterates since the last checkpoint
+            oscillating = st["rises"] <= k * atk.rho
+            stalled = ~st["reduced_last_check"] & (st["loss_best_last_check"] >= st["loss_best"])
+            restart = check & (oscillating | stalled)
+            st["reduced_last_check"] = torch.where(check, restart, st["reduced_last_check"])
+            st["loss_best_last_check"] = torch.where(check, st["loss_best"], st["loss_best_last_check"])
+            st["step"] = torch.where(restart, st["step"] / 2, st["step"])
+            st["rises"] = torch.where(check, 0, st["rises"])
+        h = restart.reshape(col)
+        st["x"] = torch.where(h, st["x_best"], st["x"])
+        st["grad"] = torch.where(h, st["grad_best"], st["grad"])
+        st["last_check"] = torch.where(check, i + 1, st["last_check"])
+
+    def retire(self, st):
+        sample, run = st["sample"], st["run"]
+        self.busy[sample] = False
+        # the first of a sample's runs to fool it gives its adversarial point (the
+        # earliest run when two fool it in the same step); a run stopped because another
+        # one fooled the sample gives nothing
+        rows = _one_per_sample(st["fooled"] & ~self.fooled[sample], sample, run, self.n_runs)
+        s = sample[rows]
+        self.adv[s] = st["fooled_point"][rows]
+        self.first[s] = run[rows] * self.atk.steps + st["at"][rows]
+        self.fooled[s] = True
+        # a sample never fooled returns the best-loss point of its last run
+        rows = _one_per_sample(~st["fooled"] & (run > self.best_from[sample]), sample, -run, self.n_runs)
+        s = sample[rows]
+        self.best_loss_point[s] = st["x_best"][rows]
+        self.best_from[s] = run[rows]
+        for mine, theirs in ((self.zero_grad, st["zero_grad"]), (self.nonfinite, st["nonfinite"])):
+            hits = torch.zeros(mine.shape[0], dtype=torch.int64, device=mine.device)
+            mine |= hits.index_add_(0, sample, theirs.long()) > 0
+
+    @property
+    def result(self):
+        return torch.where(self.fooled.reshape(self.col), self.adv, self.best_loss_point)
+
+
+def _one_per_sample(mask, sample, key, n_keys):
+    """The rows where ``mask`` holds, one per sample: the one of smallest ``key``."""
+    rows = mask.nonzero()[:, 0]
+    order = torch.argsort(sample[rows] * (2 * n_keys + 1) + key[rows], stable=True)
+    rows, s = rows[order], sample[rows[order]]
+    first = torch.ones_like(s, dtype=torch.bool)
+    first[1:] = s[1:] != s[:-1]
+    return rows[first]
 
 
 class APGDT(APGD):

@@ -175,6 +175,8 @@ class Attack:
     eps = None
     _label_span = None  # (min, max) of the current call's labels, set by _check_inputs
     _indices = None  # the current call's dataset indices [B], set by _run
+    _batch_size = None  # the working batch of a continuously batched attack (None: the call's batch)
+    _early_exit = True  # a work item leaves the batch once it fooled the model
 
     def __init__(self, model, *, targeted: bool = False, bounds=(0.0, 1.0)):
         check_model(model)
@@ -211,11 +213,13 @@ class Attack:
         ``atk(images, labels, indices=...)``."""
         return self._run(images, labels, record_loss=record_loss, report=True, indices=indices)
 
-    def _run(self, images, labels, *, record_loss: bool, report: bool, indices=None) -> AttackResult:
+    def _run(self, images, labels, *, record_loss: bool, report: bool, indices=None, batch_size=None,
+             early_exit: bool = True) -> AttackResult:
         if torch.is_inference_mode_enabled():
             raise RuntimeError("attacks need gradients: call them outside torch.inference_mode()")
         images, labels = self._check_inputs(images, labels)
         self._indices = _check_indices(indices, images)
+        self._batch_size, self._early_exit = batch_size, early_exit
         if images.shape[0] == 0:
             empty_b = images.new_zeros((0,))
             no = torch.zeros(0, dtype=torch.bool, device=images.device)
