@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 import torch
 
-__all__ = ["eval_mode", "generator", "default_device", "logits_of"]
+__all__ = ["eval_mode", "generator", "default_device", "logits_of", "count_passes"]
 
 
 @contextlib.contextmanager
@@ -41,11 +41,38 @@ def default_device(model) -> torch.device:
     return torch.device("cpu")
 
 
+class PassCount:
+    """Sample-passes (one sample through the model once) by kind: ``forward_backward``
+    (the input needs a gradient) and ``forward``."""
+
+    def __init__(self):
+        self.forward_backward = 0
+        self.forward = 0
+
+
+_counters: list = []
+
+
+@contextlib.contextmanager
+def count_passes():
+    """Count the sample-passes of every logits_of call inside the block."""
+    count = PassCount()
+    _counters.append(count)
+    try:
+        yield count
+    finally:
+        _counters.remove(count)
+
+
 def logits_of(model, x: torch.Tensor) -> torch.Tensor:
     """``model(x)`` as a logits tensor [B, classes]: the output itself, the first element
     of a tuple or list, or the ``logits`` of a mapping or an output object (HuggingFace
     style). Anything else is a TypeError that names ``model`` and what it returned."""
     out = model(x)
+    if _counters:
+        kind = "forward_backward" if x.requires_grad and torch.is_grad_enabled() else "forward"
+        for count in _counters:
+            setattr(count, kind, getattr(count, kind) + int(x.shape[0]))
     if isinstance(out, (tuple, list)) and out:
         out = out[0]
     elif isinstance(out, Mapping):  # HuggingFace's ModelOutput is one too

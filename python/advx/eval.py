@@ -3,6 +3,7 @@ attacks and budgets, and the random-sphere check (how many labels random
 perturbations of a given size change, to set beside the adversarial radius)."""
 from __future__ import annotations
 
+import time
 import warnings
 from dataclasses import dataclass, field
 from numbers import Integral, Real
@@ -11,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from ._runtime import default_device, eval_mode, generator, logits_of
+from ._runtime import count_passes, default_device, eval_mode, generator, logits_of
 from .attacks import Attack
 from .attacks.base import loss_logits, sample_norms
 
@@ -331,6 +332,7 @@ class Evaluation:
     zero_grad: int = 0
     nonfinite: int = 0
     warnings: list = field(default_factory=list)
+    stats: dict = field(default_factory=dict)
 
     @property
     def clean_accuracy(self) -> float:
@@ -346,6 +348,7 @@ class Evaluation:
             "clean_accuracy": self.clean_accuracy, "robust_accuracy": self.robust_accuracy,
             "after_attack": [{"attack": a, "robust_accuracy": r} for a, r in zip(self.attacks, self.after_attack)],
             "zero_grad": self.zero_grad, "nonfinite": self.nonfinite, "warnings": list(self.warnings),
+            "stats": dict(self.stats),
             "per_sample": [{"index": i, "clean": c, "robust": r, "fooled_by": f, "distance": None if d != d else d}
                            for i, (c, r, f, d) in enumerate(zip(self.clean.tolist(), self.robust.tolist(),
                                                                 self.fooled_by.tolist(), self.distance.tolist()))],
@@ -405,19 +408,22 @@ def _model_checks(model, images: torch.Tensor, logits: torch.Tensor) -> list:
     return found
 
 
-def _attack_batch(model, named, x, y, logits, positions):
-    """The cascade on one batch: (clean, robust, fooled_by, distance, zero-gradient and
-    non-finite counts), each attack on the samples still robust."""
+def _attack_batch(model, named, x, y, logits, positions, *, batch_size=None, early_exit=True, seconds=None):
+    """The cascade on one chunk: (clean, robust, fooled_by, distance, zero-gradient and
+    non-finite counts), each attack on the samples still robust, continuously batched
+    with a working batch of ``batch_size``. ``seconds``: per attack, time is added."""
     ok = (logits.argmax(dim=1) == y) & torch.isfinite(logits).all(dim=1)
     still = ok.clone()
     by = torch.full_like(y, -1)
     dist = torch.full((y.shape[0],), float("nan"), device=y.device, dtype=torch.float64)
     zero = bad = 0
-    for j, (_, atk) in enumerate(named):
+    for j, (name, atk) in enumerate(named):
         idx = still.nonzero()[:, 0]
         if idx.numel() == 0:
             break
-        res = atk._run(x[idx], y[idx], record_loss=False, report=False, indices=positions[idx])
+        began = _clock(x.device)
+        res = atk._run(x[idx], y[idx], record_loss=False, report=False, indices=positions[idx],
+                       batch_size=batch_size, early_exit=early_exit)
         with torch.no_grad():
             out = logits_of(model, res.adv)
         fooled = (out.argmax(dim=1) != y[idx]) & torch.isfinite(out).all(dim=1)
@@ -429,22 +435,66 @@ def _attack_batch(model, named, x, y, logits, positions):
                              res.nonfinite if res.nonfinite is not None else torch.zeros_like(fooled)])
         z, b = flags.sum(dim=1).tolist()
         zero, bad = zero + z, bad + b
+        if seconds is not None:
+            seconds[name] = seconds.get(name, 0.0) + _clock(x.device) - began
     return ok, still, by, dist, zero, bad
 
 
+def _clock(device) -> float:
+    """Wall time in seconds, after the device's queued work (so a GPU attack's time is its own)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def _chunks(loader, device, progress: bool, size: int, first_index: int, done: int):
+    """(images, labels, dataset indices) of at least ``size`` samples at a time (the
+    loader's batches joined; the last chunk may be smaller), skipping the samples before
+    dataset index ``done`` (finished before an interruption), and the dataset index after
+    the chunk. The first loader batch is also yielded alone, before anything else, as
+    (images, labels, None, None): the model checks and the checkpoint's fingerprint."""
+    xs, ys, offset, first = [], [], first_index, True
+    for x, y, _ in _batches(loader, device, progress):
+        if first:
+            yield x, y, None, None
+            first = False
+        start, offset = offset, offset + y.shape[0]
+        if offset <= done:
+            continue
+        skip = max(done - start, 0)
+        xs.append(x[skip:])
+        ys.append(y[skip:])
+        if sum(t.shape[0] for t in ys) >= size:
+            n = sum(t.shape[0] for t in ys)
+            yield torch.cat(xs), torch.cat(ys), torch.arange(offset - n, offset, device=device), offset
+            xs, ys = [], []
+    if ys:
+        n = sum(t.shape[0] for t in ys)
+        yield torch.cat(xs), torch.cat(ys), torch.arange(offset - n, offset, device=device), offset
+
+
 def evaluate(model, data, eps, norm: str = "linf", attacks=DEFAULT_EVAL_ATTACKS, *, batch_size: int = 256,
-             seed=0, device=None, progress: bool = True, checkpoint=None) -> Evaluation:
+             seed=0, device=None, progress: bool = True, checkpoint=None, early_exit: bool = True) -> Evaluation:
     """Robust accuracy as the worst case over a cascade of attacks, AutoAttack style.
 
     Clean accuracy first; then each attack in ``attacks`` runs only on the samples still
-    robust, and a sample counts as robust only if no attack fooled it. ``attacks``: names
-    from ``EVAL_ATTACKS`` ("apgd-ce", "apgd-dlr", "apgd-t" at 100 steps, "square" at 5000
-    queries, "pgd" at 50 steps, "fgsm") or attack objects (their own eps and norm).
-    ``data`` as in robust_accuracy.
+    robust, and a sample counts as robust only if no attack fooled it at any iterate.
+    ``attacks``: names from ``EVAL_ATTACKS`` ("apgd-ce", "apgd-dlr", "apgd-t" at 100 steps,
+    "square" at 5000 queries, "pgd" at 50 steps, "fgsm") or attack objects (their own eps
+    and norm). ``data`` as in robust_accuracy.
+
+    Continuous batching: the data is read in chunks of ``4 * batch_size`` samples; each
+    attack runs its work items (samples; APGD-T's (sample, target) runs) through a working
+    batch of ``batch_size`` rows, and with ``early_exit`` an item leaves the batch the
+    moment it fools the model, its slot taken by the next item: every model call runs at
+    the full batch size until the chunk runs dry. ``early_exit=False`` keeps fooled items
+    in the batch until their iterations end (the same results, more passes: to measure
+    it). ``stats`` of the result counts the work: sample-passes ``forward_backward`` and
+    ``forward`` (one sample through the model once), ``seconds``, ``seconds_per_attack``.
 
     ``checkpoint``: a file path. The per-sample results are written there after every
-    batch (atomically: a temporary file, then a rename), and a rerun with the same
-    arguments continues after the last finished batch instead of starting over; a file
+    chunk (atomically: a temporary file, then a rename), and a rerun with the same
+    arguments continues after the last finished chunk instead of starting over; a file
     from another model, data, eps, norm, attack list or seed is refused with a message
     naming what differs. Each sample's random numbers come from (seed, its index), so a
     resumed run gives the uninterrupted run's result.
@@ -459,6 +509,8 @@ def evaluate(model, data, eps, norm: str = "linf", attacks=DEFAULT_EVAL_ATTACKS,
     eps = _validate.positive(eps, "eps")
     norm = _validate.norm(norm, _validate.L1_NORMS)
     batch_size = _check_batch_size(batch_size)
+    if not isinstance(early_exit, bool):
+        raise TypeError(f"early_exit must be a bool, got {type(early_exit).__name__}")
     if isinstance(attacks, (str, Attack)):
         attacks = [attacks]
     notes: list = []
@@ -482,32 +534,30 @@ def evaluate(model, data, eps, norm: str = "linf", attacks=DEFAULT_EVAL_ATTACKS,
             checkpoint = f"{checkpoint}.rank{rank}of{ranks}"
     clean, robust, fooled_by, distance = [], [], [], []
     zero = bad = 0
-    checked = False
     resume = None if checkpoint is None else _checkpoint.load(checkpoint)
     done = first_index  # samples before it: another rank's, or finished before an interruption
-    offset = first_index  # dataset index of the batch's first sample: the attacks' per-sample seeds
-    with eval_mode(model):
-        for x, y, _ in _batches(loader, device, progress):
-            start, offset = offset, offset + y.shape[0]
-            if checkpoint is not None and start == first_index:
-                want = _checkpoint.fingerprint(model, x[:1], y[:1], _length(loader), eps, norm, named, seed)
+    seconds: dict = {}
+    began = _clock(device)
+    with eval_mode(model), count_passes() as passes:
+        for x, y, positions, offset in _chunks(loader, device, progress, 4 * batch_size, first_index,
+                                               _resume_point(resume, first_index)):
+            if positions is None:  # the first loader batch: checks and fingerprint
+                if checkpoint is not None:
+                    want = _checkpoint.fingerprint(model, x[:1], y[:1], _length(loader), eps, norm, named, seed)
                 if resume is not None:
                     _checkpoint.check(resume, want, checkpoint)
                     done = int(resume["done"])
                     clean, robust = [resume["clean"]], [resume["robust"]]
                     fooled_by, distance = [resume["fooled_by"]], [resume["distance"]]
-                    zero, bad, notes, checked = int(resume["zero"]), int(resume["bad"]), list(resume["notes"]), True
-            if offset <= done:
-                continue  # finished before the interruption
-            skip = max(done - start, 0)
-            x, y = x[skip:], y[skip:]
-            positions = torch.arange(start + skip, offset, device=y.device)
+                    zero, bad, notes = int(resume["zero"]), int(resume["bad"]), list(resume["notes"])
+                else:
+                    with torch.no_grad():
+                        notes += _model_checks(model, x, logits_of(model, x))
+                continue
             with torch.no_grad():
                 logits = logits_of(model, x)
-            if not checked:
-                notes += _model_checks(model, x, logits)
-                checked = True
-            ok, still, by, dist, z, b = _attack_batch(model, named, x, y, logits, positions)
+            ok, still, by, dist, z, b = _attack_batch(model, named, x, y, logits, positions, batch_size=batch_size,
+                                                      early_exit=early_exit, seconds=seconds)
             zero, bad = zero + z, bad + b
             clean.append(ok.cpu())
             robust.append(still.cpu())
@@ -518,12 +568,18 @@ def evaluate(model, data, eps, norm: str = "linf", attacks=DEFAULT_EVAL_ATTACKS,
                     "fingerprint": want, "done": offset, "clean": torch.cat(clean), "robust": torch.cat(robust),
                     "fooled_by": torch.cat(fooled_by), "distance": torch.cat(distance), "zero": zero, "bad": bad,
                     "notes": list(notes)})
+    stats = {"forward_backward": passes.forward_backward, "forward": passes.forward,
+             "seconds": _clock(device) - began, "seconds_per_attack": {name: seconds.get(name, 0.0) for name, _ in named}}
     if ranks > 1:  # every rank gets every sample's result, in dataset order
         parts = _distributed.gather([torch.cat(t) if t else None for t in (clean, robust, fooled_by, distance)]
-                                    + [zero, bad, notes])
+                                    + [zero, bad, notes, stats])
         clean, robust, fooled_by, distance = ([p[k] for p in parts if p[k] is not None] for k in range(4))
         zero, bad = sum(p[4] for p in parts), sum(p[5] for p in parts)
         notes = list(dict.fromkeys(note for p in parts for note in p[6]))
+        every = [p[7] for p in parts]  # passes add up; the slowest rank's times
+        stats = {"forward_backward": sum(t["forward_backward"] for t in every),
+                 "forward": sum(t["forward"] for t in every), "seconds": max(t["seconds"] for t in every),
+                 "seconds_per_attack": {name: max(t["seconds_per_attack"][name] for t in every) for name, _ in named}}
     if not clean:
         raise ValueError("data is empty")
     clean_t, robust_t, by_t = torch.cat(clean), torch.cat(robust), torch.cat(fooled_by)
@@ -540,4 +596,9 @@ def evaluate(model, data, eps, norm: str = "linf", attacks=DEFAULT_EVAL_ATTACKS,
         warnings.warn(f"evaluate: {notes[-1]}", GradientMaskingWarning, stacklevel=2)
     return Evaluation(attacks=[name for name, _ in named], norm=norm, eps=float(eps), clean=clean_t, robust=robust_t,
                       fooled_by=by_t, distance=torch.cat(distance), after_attack=after, zero_grad=int(zero),
-                      nonfinite=int(bad), warnings=notes)
+                      nonfinite=int(bad), warnings=notes, stats=stats)
+
+
+def _resume_point(resume, first_index: int) -> int:
+    """The dataset index to continue from: after the checkpoint's last finished chunk."""
+    return first_index if resume is None else int(resume["done"])

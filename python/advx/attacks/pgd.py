@@ -10,8 +10,10 @@ from __future__ import annotations
 import torch
 
 from .. import _validate, ops, optim
+from .._runtime import logits_of
 from ..ops.constraints import LpBall
-from .base import Attack, AttackResult, clamp_box, per_sample, sample_norms
+from .base import Attack, AttackResult, check_labels, checked_grad, clamp_box, per_sample, sample_norms
+from .stream import run_items
 
 __all__ = ["PGD", "FGSM", "OPTIMIZERS"]
 
@@ -144,6 +146,8 @@ class PGD(Attack):
 
     def _attack(self, images, labels, record_loss, report=True) -> AttackResult:
         eps = self.eps.to(images.device) if isinstance(self.eps, torch.Tensor) else self.eps
+        if self.optimizer == "sign" and not record_loss and (self.early_stop or self._batch_size is not None):
+            return self._streamed(images, labels, eps, report)
         x_adv = self._start(images, eps).requires_grad_(True)
         if self.optimizer == "sign":
             # the budgets as the kernel reads them, made once, not at every step
@@ -172,6 +176,21 @@ class PGD(Attack):
         return self._loop(images, labels, x_adv, self.steps, update, record_loss=record_loss, report=report,
                           early_stop=self.early_stop, mean_grad=mean_grad)
 
+
+    def _streamed(self, images, labels, eps, report) -> AttackResult:
+        """The sign-step attack continuously batched (advx.attacks.stream): each sample a
+        work item that leaves the batch once an iterate fools the model (that iterate is
+        its result: fooled at any iterate), its slot refilled from the queue."""
+        run = _Samples(self, images, labels, eps)
+        run_items(run, torch.arange(images.shape[0], device=images.device), self._batch_size or images.shape[0])
+        if not report:
+            return AttackResult(adv=run.adv, success=None, loss=None, norm=None, first_success=None,
+                                zero_grad=run.zero_grad, nonfinite=run.nonfinite)
+        _, ce, success, bad = self._final_pass(images, run.adv, labels)
+        first = torch.where(success & (run.first < 0), self.steps, run.first)
+        return AttackResult(adv=run.adv, success=success, loss=ce.to(images.dtype),
+                            norm=sample_norms(run.adv - images, self.norm), first_success=torch.where(success, first, -1),
+                            zero_grad=run.zero_grad, nonfinite=run.nonfinite | bad)
 
     def _l1_update(self, images, eps_b, alpha_b):
         """The sparse L1 steepest-ascent step: the sign of the gradient on its
@@ -205,3 +224,69 @@ class FGSM(PGD):
 
     def _alpha(self, eps):
         return eps
+
+
+class _Samples:
+    """PGD's samples as work items of advx.attacks.stream: per row its iterate, its step
+    count and the first iterate that fooled the model. The step is each sample's own
+    gradient (of the sum), so a row's iterates do not depend on the rest of the batch."""
+
+    def __init__(self, atk: PGD, images, labels, eps):
+        self.atk, self.images, self.labels = atk, images, labels
+        self.col = (-1,) + (1,) * (images.dim() - 1)
+        self.starts = atk._start(images, eps)  # every sample's start, drawn as the batch attack draws it
+        self.eps_b = _validate.budget_tensor(eps, "eps", images)
+        self.alpha_b = _validate.budget_tensor(atk._alpha(eps), "alpha", images)
+        self.adv = images.clone()
+        batch, device = images.shape[0], images.device
+        self.first = torch.full((batch,), -1, dtype=torch.int64, device=device)
+        self.zero_grad = torch.zeros(batch, dtype=torch.bool, device=device)
+        self.nonfinite = torch.zeros(batch, dtype=torch.bool, device=device)
+        self.checked = False
+
+    def admissible(self, items):
+        return items, items[:0]
+
+    def admit(self, items):
+        n, device = items.shape[0], items.device
+        x = self.starts[items].clone()
+        return {"item": items, "x": x, "fooled_point": x.clone(),
+                "i": torch.zeros(n, dtype=torch.int64, device=device),
+                "first": torch.full((n,), -1, dtype=torch.int64, device=device),
+                "zero_grad": torch.zeros(n, dtype=torch.bool, device=device),
+                "nonfinite": torch.zeros(n, dtype=torch.bool, device=device)}
+
+    def step(self, st):
+        atk, item, col = self.atk, st["item"], self.col
+        x0, labels = self.images[item], self.labels[item]
+        x = st["x"].requires_grad_(True)
+        logits = logits_of(atk.model, x)
+        if not self.checked:  # the label range was read with the inputs: no host sync here
+            check_labels(atk._label_span, logits.shape[1])
+            self.checked = True
+        objective, ce = atk._objective(x0, x, logits, labels)
+        (grad,) = torch.autograd.grad(objective.sum(), x)
+        x = x.detach()
+        grad, bad, zero = checked_grad(grad, logits.detach(), ce.detach())
+        st["nonfinite"] |= bad
+        st["zero_grad"] |= zero
+        newly = atk._success(logits.detach(), labels) & (st["first"] < 0)
+        st["first"] = torch.where(newly, st["i"], st["first"])
+        st["fooled_point"] = torch.where(newly.reshape(col), x, st["fooled_point"])
+        eps_b, alpha_b = self.eps_b[item], self.alpha_b[item]
+        if atk.norm == "l1":
+            atk._l1_update(x0, eps_b, alpha_b)(x, grad)
+        else:
+            ops.pgd_step_(x, grad, x0, eps_b, alpha_b, atk.norm, atk.bounds)
+        st["x"] = x
+        st["i"] += 1
+        out_of_steps = st["i"] >= atk.steps
+        return (st["first"] >= 0) | out_of_steps if atk._early_exit else out_of_steps
+
+    def retire(self, st):
+        item = st["item"]
+        fooled = st["first"] >= 0
+        self.adv[item] = torch.where(fooled.reshape(self.col), st["fooled_point"], st["x"])
+        self.first[item] = st["first"]
+        self.zero_grad[item] = st["zero_grad"]
+        self.nonfinite[item] = st["nonfinite"]
