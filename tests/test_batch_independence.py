@@ -98,3 +98,42 @@ def test_bad_indices(mlp_digits):
         atk(x[:4], y[:4], indices=torch.zeros(4))
     with pytest.raises(ValueError, match="non-negative"):
         atk(x[:4], y[:4], indices=torch.tensor([0, 1, -2, 3]))
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_early_exit_changes_the_work_not_the_result(mlp_digits, norm):
+    model, x, y = mlp_digits
+    eps, attacks = cascade(model, norm)
+    on = evaluate(model, (x, y), eps, norm, attacks=attacks, batch_size=64, progress=False)
+    off = evaluate(model, (x, y), eps, norm, attacks=attacks, batch_size=64, progress=False, early_exit=False)
+    assert torch.equal(on.robust, off.robust) and torch.equal(on.fooled_by, off.fooled_by)
+    assert torch.equal(on.distance.nan_to_num(-1.0), off.distance.nan_to_num(-1.0))
+    assert on.stats["forward_backward"] < off.stats["forward_backward"]
+    assert set(on.stats["seconds_per_attack"]) == {name for name in on.attacks}
+
+
+def test_early_exit_saves_most_passes_of_a_pgd_evaluation_where_most_points_fall(mlp_digits):
+    model, x, y = mlp_digits
+    pgd = [PGD(model, 0.15, steps=100, seed=0)]
+    on = evaluate(model, (x, y), 0.15, attacks=pgd, batch_size=64, progress=False)
+    off = evaluate(model, (x, y), 0.15, attacks=pgd, batch_size=64, progress=False, early_exit=False)
+    assert on.robust_accuracy < 0.3 * on.clean_accuracy  # most points fall
+    assert torch.equal(on.robust, off.robust)
+    assert off.stats["forward_backward"] >= 3 * on.stats["forward_backward"]
+    clean = int(on.clean.sum())
+    assert off.stats["forward_backward"] == 100 * clean  # without early exit: every step of every sample
+
+
+def test_digits_cnn_robust_accuracy_barely_moves_with_the_batch_size(digits_cache_dir):
+    """The CNN's convolutions may round differently with the batch size, so a sample on a
+    knife's edge can flip; the robust accuracy stays within 0.2 points."""
+    from advx.models import train_digits_cnn
+
+    digits_model = train_digits_cnn(digits_cache_dir).eval()
+    split = load_digits()
+    x, y = split.test_images[:450], split.test_labels[:450]
+    attacks = [APGD(digits_model, 0.1, steps=10, seed=0), APGDT(digits_model, 0.1, steps=10, n_targets=3, seed=0),
+               Square(digits_model, 0.1, queries=50, seed=0)]
+    accs = [evaluate(digits_model, (x, y), 0.1, attacks=attacks, batch_size=bs, progress=False).robust_accuracy
+            for bs in (50, 128, 450)]
+    assert max(accs) - min(accs) <= 0.002 + 1e-9, accs

@@ -261,7 +261,7 @@ def _eval_ranked(args, ranked) -> int:
             checkpoint = f"{checkpoint}.eps{eps:g}"
         evaluations.append(evaluate(model, (images, labels), eps, args.norm, suite, batch_size=args.batch_size,
                                     seed=args.seed, device=device, progress=sys.stderr.isatty(),
-                                    checkpoint=checkpoint))
+                                    checkpoint=checkpoint, early_exit=args.early_exit))
     if rank != 0:
         return 0
     if not known:
@@ -394,7 +394,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="FILE", help="also write the report as JSON")
     p.add_argument("--checkpoint", metavar="FILE",
                    help="write the per-sample results there as they come; a rerun with the same arguments "
-                        "resumes after the last finished batch (several --eps: FILE.eps<value> each)")
+                        "resumes after the last finished chunk (several --eps: FILE.eps<value> each)")
+    p.add_argument("--no-early-exit", dest="early_exit", action="store_false",
+                   help="keep fooled samples in the working batch until their iterations end (the same result "
+                        "with more model passes: to measure what early exit saves)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("visualize", help="images that maximize a class or a unit of a layer",

@@ -361,7 +361,11 @@ class Evaluation:
         lines.append(f"robust accuracy  {self.robust_accuracy:.4f}  (worst case over {len(self.attacks)} "
                      f"attack(s), {self.norm} eps={self.eps:.4g})")
         lines += [f"warning: {w}" for w in self.warnings]
-        return "\n".join(lines) + f"\n({self.clean.numel()} samples)"
+        work = ""
+        if self.stats:
+            work = (f"\nwork: {self.stats['forward_backward']} forward-backward and {self.stats['forward']} forward "
+                    f"sample-passes, {self.stats['seconds']:.1f} s")
+        return "\n".join(lines) + f"\n({self.clean.numel()} samples)" + work
 
 
 def make_attack(name: str, model, eps: float, norm: str = "linf", *, seed=0, apgd_steps: int = 100,
