@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import run_meta, write_results  # noqa: E402
 
-from advx.bench import EVAL_EPS, eval_timing, format_eval_table  # noqa: E402
+from advx.bench import EVAL_EPS, eval_profile, eval_timing, format_eval_table, format_profile_table  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -31,6 +31,7 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="100 images, 20 steps, 200 queries, 1 epoch of training")
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=256, help="evaluate's working batch (default 256)")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     args = p.parse_args(argv)
     if args.threads:
@@ -39,10 +40,18 @@ def main(argv=None) -> int:
         import torchattacks  # noqa: F401
     except ImportError:
         p.error("torchattacks 3.5.1 is needed for the comparison (make install puts it in .venv)")
-    rows = eval_timing(args.device, quick=args.quick, repeats=args.repeats)
-    meta = run_meta(args.device, eps=EVAL_EPS, norm="linf", repeats=args.repeats, quick=args.quick)
+    rows = eval_timing(args.device, quick=args.quick, repeats=args.repeats, batch_size=args.batch_size)
+    profile = eval_profile(args.device, quick=args.quick, batch_size=args.batch_size)
+    meta = run_meta(args.device, eps=EVAL_EPS, norm="linf", repeats=args.repeats, quick=args.quick,
+                    batch_size=args.batch_size)
     text = (f"# Worst-case evaluation, L-inf eps={EVAL_EPS}: advx vs torchattacks ({meta['device_name']}, "
-            f"torch {meta['torch']}, {meta['date']})\n\n" + format_eval_table(rows) + "\n")
+            f"torch {meta['torch']}, {meta['date']}, batch size {args.batch_size})\n\n" + format_eval_table(rows)
+            + "\n\nSample-passes: one sample through the model once (forward-backward: with the input gradient). "
+            "\"speedup of advx\" is torchattacks' time over advx's; on the early_exit=False rows it is their time "
+            "over advx's with early exit, the saving of early exit alone.\n\n"
+            "## Where the time goes (torch.profiler, each attack alone on the clean points)\n\n"
+            + format_profile_table(profile) + "\n")
+    rows = rows + [{"profile": r} for r in profile]
     print(text)
     write_results(args.out, f"eval-{args.device}-{meta['date']}", meta, rows, text)
     return 0

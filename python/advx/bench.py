@@ -15,7 +15,7 @@ from . import ops, optim, reference
 from .ops.constraints import LpBall
 
 __all__ = ["sync", "median_seconds", "quick_timing", "attack_timing", "format_table", "markdown_table", "eval_timing",
-           "format_eval_table"]
+           "format_eval_table", "eval_profile", "format_profile_table"]
 
 
 def sync(device) -> None:
@@ -183,20 +183,38 @@ def robust_training(model, x, y, *, epochs: int, device, seed: int = 0):
     return robust.eval()
 
 
+class PassCounter(torch.nn.Module):
+    """``model`` counting its sample-passes (one sample through it once), as advx's
+    Evaluation.stats counts them: forward-backward when the input needs a gradient."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.forward_backward, self.forward_only = model, 0, 0
+
+    def forward(self, x):
+        if x.requires_grad and torch.is_grad_enabled():
+            self.forward_backward += x.shape[0]
+        else:
+            self.forward_only += x.shape[0]
+        return self.model(x)
+
+
 def torchattacks_cascade(ta, model, x, y, steps: int, queries: int, seed: int):
-    """torchattacks' APGD-CE, APGD-T and Square, each on the points still robust."""
+    """torchattacks' APGD-CE, APGD-T and Square, each on the points still robust: (robust
+    accuracy, forward-backward sample-passes, forward sample-passes)."""
+    counted = PassCounter(model).eval()
     with torch.no_grad():
-        robust = model(x).argmax(1) == y
-    for atk in (ta.APGD(model, norm="Linf", eps=EVAL_EPS, steps=steps, n_restarts=1, loss="ce", seed=seed),
-                ta.APGDT(model, norm="Linf", eps=EVAL_EPS, steps=steps, n_restarts=1, seed=seed),
-                ta.Square(model, norm="Linf", eps=EVAL_EPS, n_queries=queries, n_restarts=1, seed=seed)):
+        robust = counted(x).argmax(1) == y
+    for atk in (ta.APGD(counted, norm="Linf", eps=EVAL_EPS, steps=steps, n_restarts=1, loss="ce", seed=seed),
+                ta.APGDT(counted, norm="Linf", eps=EVAL_EPS, steps=steps, n_restarts=1, seed=seed),
+                ta.Square(counted, norm="Linf", eps=EVAL_EPS, n_queries=queries, n_restarts=1, seed=seed)):
         idx = robust.nonzero()[:, 0]
         if idx.numel() == 0:
             break
         adv = atk(x[idx], y[idx])
         with torch.no_grad():
-            robust[idx] = model(adv).argmax(1) == y[idx]
-    return float(robust.float().mean())
+            robust[idx] = counted(adv).argmax(1) == y[idx]
+    return float(robust.float().mean()), counted.forward_backward, counted.forward_only
 
 
 def timed(fn, device, repeats: int):
@@ -211,11 +229,13 @@ def timed(fn, device, repeats: int):
     return statistics.median(times), value
 
 
-def eval_timing(device="cpu", *, quick: bool = False, repeats: int = 1) -> list[dict]:
-    """Rows {case, size, impl, seconds, robust_accuracy, speedup_of_advx}: advx.eval.evaluate
-    (APGD-CE, APGD-T, Square) against torchattacks' same cascade (when importable) on the
-    digits test set, for the digits CNN and a PGD-trained copy, L-inf eps 0.1."""
-    from .attacks import APGD, APGDT, Square
+def eval_timing(device="cpu", *, quick: bool = False, repeats: int = 1, batch_size: int = 256) -> list[dict]:
+    """Rows {case, size, impl, seconds, robust_accuracy, forward_backward, forward,
+    speedup_of_advx}: advx.eval.evaluate (APGD-CE, APGD-T, Square; early exit on and off)
+    against torchattacks' same cascade (when importable) on the digits test set, for the
+    digits CNN and a PGD-trained copy, L-inf eps 0.1; then PGD-100 with and without early
+    exit on the digits CNN at an eps where most points fall."""
+    from .attacks import APGD, APGDT, PGD, Square
     from .data import load_digits
     from .eval import evaluate
     from .models import train_digits_cnn
@@ -234,23 +254,97 @@ def eval_timing(device="cpu", *, quick: bool = False, repeats: int = 1) -> list[
                   plain, split.train_images, split.train_labels, epochs=epochs, device=device)}
     size = f"{n} images, {steps} steps, {queries} queries"
     rows = []
+
+    def advx_row(case, setting, impl, attacks, eps, **kwargs):
+        t, ev = timed(lambda: evaluate(attacks[0].model, (x, y), eps, attacks=attacks, progress=False,
+                                       batch_size=batch_size, **kwargs), device, repeats)
+        row = {"case": case, "size": setting, "impl": impl, "seconds": t, "clean_accuracy": ev.clean_accuracy,
+               "robust_accuracy": ev.robust_accuracy, "after_attack": ev.after_attack,
+               "forward_backward": ev.stats["forward_backward"], "forward": ev.stats["forward"],
+               "seconds_per_attack": ev.stats["seconds_per_attack"], "speedup_of_advx": 1.0}
+        rows.append(row)
+        return row
+
     for name, model in models.items():
-        cascade = [APGD(model, EVAL_EPS, steps=steps, seed=0), APGDT(model, EVAL_EPS, steps=steps, seed=0),
-                   Square(model, EVAL_EPS, queries=queries, seed=0)]
-        t_advx, ev = timed(lambda: evaluate(model, (x, y), EVAL_EPS, attacks=cascade, progress=False), device,
-                           repeats)
-        rows.append({"case": name, "size": size, "impl": "advx.eval.evaluate", "seconds": t_advx,
-                     "clean_accuracy": ev.clean_accuracy, "robust_accuracy": ev.robust_accuracy,
-                     "after_attack": ev.after_attack, "speedup_of_advx": 1.0})
+        def cascade():
+            return [APGD(model, EVAL_EPS, steps=steps, seed=0), APGDT(model, EVAL_EPS, steps=steps, seed=0),
+                    Square(model, EVAL_EPS, queries=queries, seed=0)]
+
+        ours = advx_row(name, size, "advx.eval.evaluate", cascade(), EVAL_EPS)
+        off = advx_row(name, size, "advx.eval.evaluate, early_exit=False", cascade(), EVAL_EPS, early_exit=False)
+        off["speedup_of_advx"] = off["seconds"] / ours["seconds"]
         if ta is not None:
-            t_ta, acc = timed(lambda: torchattacks_cascade(ta, model, x, y, steps, queries, 0), device, repeats)
+            t_ta, (acc, fb, fw) = timed(lambda: torchattacks_cascade(ta, model, x, y, steps, queries, 0), device,
+                                        repeats)
             rows.append({"case": name, "size": size, "impl": "torchattacks 3.5.1 cascade", "seconds": t_ta,
-                         "robust_accuracy": acc, "speedup_of_advx": t_ta / t_advx})
+                         "robust_accuracy": acc, "forward_backward": fb, "forward": fw,
+                         "speedup_of_advx": t_ta / ours["seconds"]})
+    pgd_eps, pgd_steps = 0.2, (20 if quick else 100)
+    setting = f"{n} images, PGD-{pgd_steps}, eps {pgd_eps}"
+    on = advx_row("digits CNN", setting, "advx.eval.evaluate", [PGD(plain, pgd_eps, steps=pgd_steps, seed=0)], pgd_eps)
+    off = advx_row("digits CNN", setting, "advx.eval.evaluate, early_exit=False",
+                   [PGD(plain, pgd_eps, steps=pgd_steps, seed=0)], pgd_eps, early_exit=False)
+    off["speedup_of_advx"] = off["seconds"] / on["seconds"]
     return rows
+
+
+class _Scoped(torch.nn.Module):
+    """``model`` with its forward passes under one profiler label."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        with torch.profiler.record_function("model forward"):
+            return self.model(x)
+
+
+def eval_profile(device="cpu", *, quick: bool = False, batch_size: int = 256) -> list[dict]:
+    """Where an evaluation's time goes, per attack, from torch.profiler on the digits CNN:
+    rows {attack, seconds, model_forward, backward, fused_ops, rest} (fractions of the
+    attack's wall time; backward: the autograd engine, mostly the model's; fused ops: the
+    advx:: kernels; rest: the loss, bookkeeping and Python)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from .data import load_digits
+    from .eval import evaluate, make_attack
+    from .models import train_digits_cnn
+
+    device = torch.device(device)
+    steps, queries, n = (20, 200, 100) if quick else (100, 1000, 450)
+    split = load_digits()
+    x, y = split.test_images[:n].to(device), split.test_labels[:n].to(device)
+    model = _Scoped(train_digits_cnn().to(device).eval())
+    rows = []
+    for name in ("apgd-ce", "apgd-t", "square", "pgd"):
+        atk = make_attack(name, model, EVAL_EPS, apgd_steps=steps, queries=queries, pgd_steps=steps)
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with profile(activities=activities) as prof:
+            ev = evaluate(model, (x, y), EVAL_EPS, attacks=[atk], progress=False, batch_size=batch_size)
+        wall = ev.stats["seconds_per_attack"][atk.name] * 1e6
+        events = prof.key_averages()
+        forward = sum(e.cpu_time_total for e in events if e.key == "model forward")
+        backward = sum(e.cpu_time_total for e in events if e.key.startswith("autograd::engine::evaluate_function"))
+        fused = sum(e.cpu_time_total for e in events if e.key.startswith("advx::"))
+        part = {"model_forward": forward / wall, "backward": backward / wall, "fused_ops": fused / wall}
+        part["rest"] = max(0.0, 1.0 - sum(part.values()))
+        rows.append({"attack": f"{atk.name} ({steps} steps)" if name != "square" else f"Square ({queries} queries)",
+                     "seconds": wall / 1e6, **part})
+    return rows
+
+
+def format_profile_table(rows: list[dict]) -> str:
+    return markdown_table(["attack (evaluate, digits CNN)", "wall s", "model forward", "backward", "advx fused ops",
+                           "rest (loss, bookkeeping, Python)"],
+                          [[r["attack"], f"{r['seconds']:.2f}", f"{r['model_forward']:.0%}", f"{r['backward']:.0%}",
+                            f"{r['fused_ops']:.0%}", f"{r['rest']:.0%}"] for r in rows], 1)
 
 
 def format_eval_table(rows: list[dict]) -> str:
     """The rows of :func:`eval_timing` as a markdown table."""
-    return markdown_table(["model", "setting", "implementation", "wall s", "robust acc", "speedup of advx"],
+    return markdown_table(["model", "setting", "implementation", "wall s", "robust acc", "fwd-bwd passes",
+                           "fwd passes", "speedup of advx"],
                           [[r["case"], r["size"], r["impl"], f"{r['seconds']:.2f}", f"{r['robust_accuracy']:.4f}",
+                            str(r.get("forward_backward", "-")), str(r.get("forward", "-")),
                             f"{r['speedup_of_advx']:.2f}x"] for r in rows], 3)
