@@ -451,14 +451,14 @@ def _clock(device) -> float:
     return time.perf_counter()
 
 
-def _chunks(loader, device, progress: bool, size: int, first_index: int, done: int):
+def _chunks(loader, device, size: int, first_index: int, done: int):
     """(images, labels, dataset indices) of at least ``size`` samples at a time (the
     loader's batches joined; the last chunk may be smaller), skipping the samples before
     dataset index ``done`` (finished before an interruption), and the dataset index after
     the chunk. The first loader batch is also yielded alone, before anything else, as
     (images, labels, None, None): the model checks and the checkpoint's fingerprint."""
     xs, ys, offset, first = [], [], first_index, True
-    for x, y, _ in _batches(loader, device, progress):
+    for x, y, _ in _batches(loader, device, False):
         if first:
             yield x, y, None, None
             first = False
@@ -543,7 +543,8 @@ def evaluate(model, data, eps, norm: str = "linf", attacks=DEFAULT_EVAL_ATTACKS,
     seconds: dict = {}
     began = _clock(device)
     with eval_mode(model), count_passes() as passes:
-        for x, y, positions, offset in _chunks(loader, device, progress, 4 * batch_size, first_index,
+        bar = _progress_bar(_length(loader), progress)
+        for x, y, positions, offset in _chunks(loader, device, 4 * batch_size, first_index,
                                                _resume_point(resume, first_index)):
             if positions is None:  # the first loader batch: checks and fingerprint
                 if checkpoint is not None:
@@ -567,11 +568,15 @@ def evaluate(model, data, eps, norm: str = "linf", attacks=DEFAULT_EVAL_ATTACKS,
             robust.append(still.cpu())
             fooled_by.append(by.cpu())
             distance.append(dist.cpu())
+            bar.update(int(y.shape[0]))  # a chunk's samples are done when its cascade is
+            so_far = torch.cat(robust)
+            bar.set_postfix(robust=f"{float(so_far.float().mean()):.3f}")
             if checkpoint is not None:
                 _checkpoint.save(checkpoint, {
                     "fingerprint": want, "done": offset, "clean": torch.cat(clean), "robust": torch.cat(robust),
                     "fooled_by": torch.cat(fooled_by), "distance": torch.cat(distance), "zero": zero, "bad": bad,
                     "notes": list(notes)})
+        bar.close()
     stats = {"forward_backward": passes.forward_backward, "forward": passes.forward,
              "seconds": _clock(device) - began, "seconds_per_attack": {name: seconds.get(name, 0.0) for name, _ in named}}
     if ranks > 1:  # every rank gets every sample's result, in dataset order
