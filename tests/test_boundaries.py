@@ -75,7 +75,7 @@ def test_attack_steps_do_not_sync(norm, budget, monkeypatch):
 # -- the layers: a module imports only modules on its own floor or below -------------------
 
 FLOORS = [
-    {"_C", "_validate", "_runtime", "_rng", "_checkpoint", "_distributed"},
+    {"_C", "_validate", "_runtime", "_rng", "_checkpoint", "_distributed", "_accel"},
     {"ops", "reference"},
     {"optim", "constraints", "prior", "nn"},
     {"attacks", "viz", "data", "models"},

@@ -261,7 +261,8 @@ def _eval_ranked(args, ranked) -> int:
             checkpoint = f"{checkpoint}.eps{eps:g}"
         evaluations.append(evaluate(model, (images, labels), eps, args.norm, suite, batch_size=args.batch_size,
                                     seed=args.seed, device=device, progress=sys.stderr.isatty(),
-                                    checkpoint=checkpoint, early_exit=args.early_exit))
+                                    checkpoint=checkpoint, early_exit=args.early_exit, amp=args.amp,
+                                    compile=args.compile, channels_last=args.channels_last))
     if rank != 0:
         return 0
     if not known:
@@ -398,6 +399,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-early-exit", dest="early_exit", action="store_false",
                    help="keep fooled samples in the working batch until their iterations end (the same result "
                         "with more model passes: to measure what early exit saves)")
+    p.add_argument("--amp", choices=["bf16", "fp16"],
+                   help="run the model under autocast in this dtype (the perturbation stays float32)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (eager, with a warning, "
+                                                          "when it does not compile)")
+    p.add_argument("--channels-last", action="store_true", help="channels-last inputs for a convolutional model")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("visualize", help="images that maximize a class or a unit of a layer",

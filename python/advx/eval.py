@@ -478,7 +478,8 @@ def _chunks(loader, device, size: int, first_index: int, done: int):
 
 
 def evaluate(model, data, eps, norm: str = "linf", attacks=DEFAULT_EVAL_ATTACKS, *, batch_size: int = 256,
-             seed=0, device=None, progress: bool = True, checkpoint=None, early_exit: bool = True) -> Evaluation:
+             seed=0, device=None, progress: bool = True, checkpoint=None, early_exit: bool = True,
+             amp=None, compile: bool = False, channels_last: bool = False) -> Evaluation:
     """Robust accuracy as the worst case over a cascade of attacks, AutoAttack style.
 
     Clean accuracy first; then each attack in ``attacks`` runs only on the samples still
@@ -495,6 +496,12 @@ def evaluate(model, data, eps, norm: str = "linf", attacks=DEFAULT_EVAL_ATTACKS,
     in the batch until their iterations end (the same results, more passes: to measure
     it). ``stats`` of the result counts the work: sample-passes ``forward_backward`` and
     ``forward`` (one sample through the model once), ``seconds``, ``seconds_per_attack``.
+
+    Cheaper passes (advx._accel): ``amp="bf16"`` or ``"fp16"`` runs the model under
+    autocast (the perturbation and the returned examples stay float32, inside the
+    budget); ``compile=True`` runs it through ``torch.compile`` (eager, with a warning,
+    when it does not compile); ``channels_last=True`` gives a convolutional model its
+    inputs channels-last. The caller's model is never changed.
 
     ``checkpoint``: a file path. The per-sample results are written there after every
     chunk (atomically: a temporary file, then a rename), and a rerun with the same
@@ -529,6 +536,11 @@ def evaluate(model, data, eps, norm: str = "linf", attacks=DEFAULT_EVAL_ATTACKS,
             raise ValueError(f"attack {name} is targeted; the evaluation needs untargeted attacks")
     loader = _loader(data, batch_size)
     device = torch.device(device) if device is not None else default_device(model)
+    if amp is not None or compile or channels_last:
+        named, fast = _accelerated(model, named, loader, device, amp=amp, compile=compile,
+                                   channels_last=channels_last, notes=notes)
+    else:
+        fast = model
     rank, ranks = _distributed.world()
     first_index = 0  # dataset index of this process's first sample
     if ranks > 1:
@@ -557,11 +569,11 @@ def evaluate(model, data, eps, norm: str = "linf", attacks=DEFAULT_EVAL_ATTACKS,
                     zero, bad, notes = int(resume["zero"]), int(resume["bad"]), list(resume["notes"])
                 else:
                     with torch.no_grad():
-                        notes += _model_checks(model, x, logits_of(model, x))
+                        notes += _model_checks(fast, x, logits_of(fast, x))
                 continue
             with torch.no_grad():
-                logits = logits_of(model, x)
-            ok, still, by, dist, z, b = _attack_batch(model, named, x, y, logits, positions, batch_size=batch_size,
+                logits = logits_of(fast, x)
+            ok, still, by, dist, z, b = _attack_batch(fast, named, x, y, logits, positions, batch_size=batch_size,
                                                       early_exit=early_exit, seconds=seconds)
             zero, bad = zero + z, bad + b
             clean.append(ok.cpu())
@@ -606,6 +618,27 @@ def evaluate(model, data, eps, norm: str = "linf", attacks=DEFAULT_EVAL_ATTACKS,
     return Evaluation(attacks=[name for name, _ in named], norm=norm, eps=float(eps), clean=clean_t, robust=robust_t,
                       fooled_by=by_t, distance=torch.cat(distance), after_attack=after, zero_grad=int(zero),
                       nonfinite=int(bad), warnings=notes, stats=stats)
+
+
+def _accelerated(model, named, loader, device, *, amp, compile, channels_last, notes):
+    """The attacks of ``named`` that run ``model`` made to run advx._accel's faster model
+    instead (copies: the caller's attack objects are not changed), and that model."""
+    import copy
+
+    from ._accel import accelerate
+
+    first = next(iter(loader))
+    example = first[0][:8].to(device)
+    fast, found = accelerate(model, example, compile=compile, channels_last=channels_last, amp=amp)
+    for note in found:
+        notes.append(note)
+    out = []
+    for name, atk in named:
+        if atk.model is model:
+            atk = copy.copy(atk)
+            atk.model = fast
+        out.append((name, atk))
+    return out, fast
 
 
 def _resume_point(resume, first_index: int) -> int:
