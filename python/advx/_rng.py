@@ -44,27 +44,42 @@ class SampleRandom:
     """Random numbers per sample: ``SampleRandom(seed, indices, stream)``, ``indices`` the
     [B] dataset indices of the batch's samples and ``stream`` a name (one per attack and
     purpose). Each method takes a ``draw`` number (a restart, a query) and returns a
-    tensor [B, *shape] whose row b depends only on (seed, stream, draw, indices[b])."""
+    tensor [B, *shape] whose row b depends only on (seed, stream, draw, indices[b]).
+    ``draw`` may also be a [B] int64 tensor, row b then drawing its own ``draw[b]`` (the
+    same numbers as a scalar draw of that value): the rows of a continuously batched
+    attack are at different queries."""
 
     def __init__(self, seed: int, indices: torch.Tensor, stream: str):
         self.indices = indices.to(torch.int64)
         key = _mix_int(int(seed) & _MASK) ^ _mix_int(int(seed) >> 32) ^ zlib.crc32(stream.encode())
         self._key = _mix_int(key)
+        self._positions = {}  # count -> hashed element positions, shared with the subsets
 
     def subset(self, rows: torch.Tensor) -> "SampleRandom":
         """The same generator for the samples at ``rows`` of this batch."""
         other = object.__new__(SampleRandom)
-        other.indices, other._key = self.indices[rows], self._key
+        other.indices, other._key, other._positions = self.indices[rows], self._key, self._positions
         return other
 
-    def _bits(self, draw: int, count: int) -> torch.Tensor:
-        """[B, count] 32-bit hashes."""
+    def _bits(self, draw, count: int) -> torch.Tensor:
+        """[B, count] 32-bit hashes; ``draw`` an int or a [B] tensor (one draw per row)."""
         idx = self.indices
-        per_sample = _mix(_mix((idx & _MASK) ^ _mix_int(self._key ^ _mix_int(draw))) ^ (idx >> 32))
-        pos = torch.arange(count, device=idx.device, dtype=torch.int64)
-        return _mix(per_sample[:, None] ^ _mix(pos + 0x9E3779B9 & _MASK)[None, :])
+        if isinstance(draw, torch.Tensor):
+            # the same hash as _mix_int's, on every row's own draw
+            drawn = _mix(self._key ^ _mix(draw.to(device=idx.device, dtype=torch.int64) & _MASK))
+        else:
+            drawn = _mix_int(self._key ^ _mix_int(draw))
+        per_sample = _mix(_mix((idx & _MASK) ^ drawn) ^ (idx >> 32))
+        # the hashed element positions do not depend on the draw: hashed once per generator,
+        # as an attack drawing a few numbers per query (Square) would spend a hash on them
+        # every time
+        pos = self._positions.get(count)
+        if pos is None or pos.device != idx.device:
+            pos = torch.arange(count, device=idx.device, dtype=torch.int64)
+            pos = self._positions[count] = _mix(pos + 0x9E3779B9 & _MASK)
+        return _mix(per_sample[:, None] ^ pos[None, :])
 
-    def uniform(self, shape, draw: int = 0, *, dtype=torch.float32) -> torch.Tensor:
+    def uniform(self, shape, draw=0, *, dtype=torch.float32) -> torch.Tensor:
         """Uniform in (0, 1), [B, *shape]."""
         shape = tuple(shape)
         count = math.prod(shape)
@@ -72,7 +87,7 @@ class SampleRandom:
         u = (bits.to(torch.float64) + 0.5) / float(1 << 24)
         return u.to(dtype).reshape(self.indices.shape[0], *shape)
 
-    def normal(self, shape, draw: int = 0, *, dtype=torch.float32) -> torch.Tensor:
+    def normal(self, shape, draw=0, *, dtype=torch.float32) -> torch.Tensor:
         """Standard normal, [B, *shape] (Box-Muller on two uniforms per number)."""
         shape = tuple(shape)
         count = math.prod(shape)
@@ -80,10 +95,12 @@ class SampleRandom:
         z = torch.sqrt(-2.0 * torch.log(u[:, 0])) * torch.cos(2.0 * math.pi * u[:, 1])
         return z.to(dtype).reshape(self.indices.shape[0], *shape)
 
-    def signs(self, shape, draw: int = 0, *, dtype=torch.float32) -> torch.Tensor:
+    def signs(self, shape, draw=0, *, dtype=torch.float32) -> torch.Tensor:
         """-1 or +1 with equal chance, [B, *shape]."""
         return torch.where(self.uniform(shape, draw, dtype=torch.float64) < 0.5, -1.0, 1.0).to(dtype)
 
-    def integers(self, high: int, draw: int = 0) -> torch.Tensor:
-        """One integer in [0, high) per sample, [B]."""
+    def integers(self, high, draw=0) -> torch.Tensor:
+        """One integer in [0, high) per sample, [B]; ``high`` an int or a [B] tensor."""
+        if isinstance(high, torch.Tensor):
+            high = high.to(device=self.indices.device, dtype=torch.int64)
         return (self.uniform((), draw, dtype=torch.float64) * high).floor().long().clamp_(max=high - 1)
