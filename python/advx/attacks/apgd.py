@@ -203,8 +203,13 @@ class _Runs:
     def admissible(self, items):
         sample = items % self.batch
         live = ~self.fooled[sample]
-        busy = self.busy[sample]  # its previous run is still in the batch: this one waits
-        return items[live & ~busy], items[live & busy]
+        # a run waits while its sample's previous one is in the batch; of several waiting
+        # runs of a sample, the earliest in the queue goes first
+        ready = live & ~self.busy[sample]
+        pos = torch.arange(items.shape[0], device=items.device)
+        first = torch.full((self.batch,), items.shape[0], dtype=torch.int64, device=items.device)
+        first.scatter_reduce_(0, sample[ready], pos[ready], reduce="amin")
+        return ready & (first[sample] == pos), ~live
 
     def _start(self, sample, run, eps_b):
         """The random starts of the items (sample, run), each run its own draw."""

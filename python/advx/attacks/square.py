@@ -140,7 +140,8 @@ class _Searches:
         return project_into_(v, center, e, self.atk.norm, self.atk.bounds)
 
     def admissible(self, items):
-        return items, items[:0]
+        everything = torch.ones_like(items, dtype=torch.bool)
+        return everything, ~everything
 
     def admit(self, items):
         """The start points (not yet evaluated: query count 0)."""

@@ -7,9 +7,9 @@ queue runs dry and no pass is spent on a finished item.
 
 A *stepper* (one per attack run) defines the items:
 
-- ``admissible(items)``: (the queued items to start now, the items to start later): an
-  item may be dropped (e.g. its sample is fooled already) or deferred (its sample's
-  previous run is still in the batch); deferred items go back to the front of the queue;
+- ``admissible(items)``: two [n] bool masks over the whole queue, (may start now, drop):
+  an item may be dropped (e.g. its sample is fooled already) or wait (its sample's
+  previous run is still in the batch); the first free-slots-many startable items start;
 - ``admit(items)``: their initial state, a dict of tensors with one row per item and the
   item ids under ``"item"`` (no model call);
 - ``step(state)``: one model call on every row, updating ``state`` in place (entries may be
@@ -44,15 +44,17 @@ def run_items(stepper, order: torch.Tensor, batch_size: int) -> int:
     state, calls = None, 0
     while True:
         active = 0 if state is None else int(state["item"].shape[0])
-        held = []  # deferred this round: back to the front of the queue afterwards
-        while active < batch_size and order.numel():
-            queued, order = order[:batch_size - active], order[batch_size - active:]
-            now, later = stepper.admissible(queued)
-            held.append(later)
-            if now.numel():
-                state = cat_rows(state, stepper.admit(now))
-                active += int(now.numel())
-        order = torch.cat([*held, order])
+        if active < batch_size and order.numel():
+            # one look at the whole queue per step: the first startable items fill the free slots
+            now, drop = stepper.admissible(order)
+            start = now.nonzero()[:, 0][:batch_size - active]
+            if start.numel() or bool(drop.any()):
+                leave = drop.clone()
+                leave[start] = True
+                started, order = order[start], order[~leave]
+                if started.numel():
+                    state = cat_rows(state, stepper.admit(started))
+                    active += int(started.numel())
         if active == 0:
             return calls
         done = stepper.step(state)
