@@ -177,6 +177,25 @@ def test_eval_default_cascade(capsys, digits_cache_dir, tmp_path):
     assert ev["robust_accuracy"] <= min(a["robust_accuracy"] for a in ev["after_attack"])
 
 
+def test_eval_early_exit_off_and_bf16(capsys, digits_cache_dir, tmp_path):
+    """--no-early-exit: the same per-sample results with more passes; --amp bf16 runs."""
+    common = ["eval", "--cache-dir", str(digits_cache_dir), "--limit", "48", "--eps", "0.1", "--attacks", "pgd",
+              "--steps", "20"]
+    reports = []
+    for extra in ([], ["--no-early-exit"]):
+        path = tmp_path / f"eval{len(reports)}.json"
+        code, out, _ = run_cli(capsys, *common, *extra, "--json", str(path))
+        assert code == 0 and "work:" in out and "sample-passes" in out
+        reports.append(json.loads(path.read_text())["evaluations"][0])
+    on, off = reports
+    # the CNN's rounding may move with the batch's composition: a knife-edge sample may flip
+    flips = sum(a["robust"] != b["robust"] for a, b in zip(on["per_sample"], off["per_sample"]))
+    assert flips <= 1
+    assert on["stats"]["forward_backward"] < off["stats"]["forward_backward"]
+    code, out, _ = run_cli(capsys, *common, "--amp", "bf16")
+    assert code == 0 and "(48 samples)" in out
+
+
 def test_eval_digits_l2(capsys, digits_cache_dir):
     code, out, _ = run_cli(capsys, "eval", "--cache-dir", str(digits_cache_dir), "--limit", "64",
                            "--attacks", "pgd", "--norm", "l2", "--eps", "1.5", "--steps", "10")
