@@ -137,3 +137,26 @@ def test_digits_cnn_robust_accuracy_barely_moves_with_the_batch_size(digits_cach
     accs = [evaluate(digits_model, (x, y), 0.1, attacks=attacks, batch_size=bs, progress=False).robust_accuracy
             for bs in (50, 128, 450)]
     assert max(accs) - min(accs) <= 0.002 + 1e-9, accs
+
+
+def test_the_progress_bar_moves_per_finished_sample(mlp_digits, monkeypatch):
+    import advx.eval as ev_module
+
+    updates = []
+
+    class Bar:
+        def update(self, n):
+            updates.append(n)
+
+        def set_postfix(self, **kwargs):
+            pass
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(ev_module, "_progress_bar", lambda total, progress: Bar() if progress else ev_module._NoBar())
+    model, x, y = mlp_digits
+    eps, attacks = cascade(model, "linf")
+    evaluate(model, (x, y), eps, attacks=attacks, batch_size=64, progress=True)
+    assert sum(updates) == x.shape[0]
+    assert len(updates) > 10  # not once per chunk (200 samples: one chunk)

@@ -412,7 +412,8 @@ def _model_checks(model, images: torch.Tensor, logits: torch.Tensor) -> list:
     return found
 
 
-def _attack_batch(model, named, x, y, logits, positions, *, batch_size=None, early_exit=True, seconds=None):
+def _attack_batch(model, named, x, y, logits, positions, *, batch_size=None, early_exit=True, seconds=None,
+                  bar=None):
     """The cascade on one chunk: (clean, robust, fooled_by, distance, zero-gradient and
     non-finite counts), each attack on the samples still robust, continuously batched
     with a working batch of ``batch_size``. ``seconds``: per attack, time is added."""
@@ -421,13 +422,27 @@ def _attack_batch(model, named, x, y, logits, positions, *, batch_size=None, ear
     by = torch.full_like(y, -1)
     dist = torch.full((y.shape[0],), float("nan"), device=y.device, dtype=torch.float64)
     zero = bad = 0
+    moved = [0]  # the bar's advance in this chunk: a sample is done once fooled or past the last attack
+
+    def advance(n):
+        n = min(n, y.shape[0] - moved[0])  # an attack's own success check and evaluate's may disagree
+        if bar is not None and n > 0:
+            bar.update(n)
+            moved[0] += n
+
+    advance(int((~ok).sum()) if bar is not None else 0)
     for j, (name, atk) in enumerate(named):
         idx = still.nonzero()[:, 0]
         if idx.numel() == 0:
             break
         began = _clock(x.device)
-        res = atk._run(x[idx], y[idx], record_loss=False, report=False, indices=positions[idx],
-                       batch_size=batch_size, early_exit=early_exit)
+        last = j == len(named) - 1
+        atk._progress = None if bar is None else (lambda fooled, survived: advance(fooled + (survived if last else 0)))
+        try:
+            res = atk._run(x[idx], y[idx], record_loss=False, report=False, indices=positions[idx],
+                           batch_size=batch_size, early_exit=early_exit)
+        finally:
+            atk._progress = None
         with torch.no_grad():
             out = logits_of(model, res.adv)
         fooled = (out.argmax(dim=1) != y[idx]) & torch.isfinite(out).all(dim=1)
@@ -441,6 +456,7 @@ def _attack_batch(model, named, x, y, logits, positions, *, batch_size=None, ear
         zero, bad = zero + z, bad + b
         if seconds is not None:
             seconds[name] = seconds.get(name, 0.0) + _clock(x.device) - began
+    advance(y.shape[0] - moved[0])  # attacks that do not report (FGSM, optimizer PGD) and early ends
     return ok, still, by, dist, zero, bad
 
 
@@ -574,13 +590,13 @@ def evaluate(model, data, eps, norm: str = "linf", attacks=DEFAULT_EVAL_ATTACKS,
             with torch.no_grad():
                 logits = logits_of(fast, x)
             ok, still, by, dist, z, b = _attack_batch(fast, named, x, y, logits, positions, batch_size=batch_size,
-                                                      early_exit=early_exit, seconds=seconds)
+                                                      early_exit=early_exit, seconds=seconds,
+                                                      bar=None if isinstance(bar, _NoBar) else bar)
             zero, bad = zero + z, bad + b
             clean.append(ok.cpu())
             robust.append(still.cpu())
             fooled_by.append(by.cpu())
             distance.append(dist.cpu())
-            bar.update(int(y.shape[0]))  # a chunk's samples are done when its cascade is
             so_far = torch.cat(robust)
             bar.set_postfix(robust=f"{float(so_far.float().mean()):.3f}")
             if checkpoint is not None:

@@ -338,6 +338,7 @@ class _Runs:
         # one fooled the sample gives nothing
         rows = _one_per_sample(st["fooled"] & ~self.fooled[sample], sample, run, self.n_runs)
         s = sample[rows]
+        won = rows.numel()
         self.adv[s] = st["fooled_point"][rows]
         self.first[s] = run[rows] * self.atk.steps + st["at"][rows]
         self.fooled[s] = True
@@ -346,6 +347,7 @@ class _Runs:
         s = sample[rows]
         self.best_loss_point[s] = st["x_best"][rows]
         self.best_from[s] = run[rows]
+        self.atk._finished(won, (~self.fooled[sample] & (run == self.n_runs - 1)).sum())
         for mine, theirs in ((self.zero_grad, st["zero_grad"]), (self.nonfinite, st["nonfinite"])):
             hits = torch.zeros(mine.shape[0], dtype=torch.int64, device=mine.device)
             mine |= hits.index_add_(0, sample, theirs.long()) > 0

@@ -177,6 +177,7 @@ class Attack:
     _indices = None  # the current call's dataset indices [B], set by _run
     _batch_size = None  # the working batch of a continuously batched attack (None: the call's batch)
     _early_exit = True  # a work item leaves the batch once it fooled the model
+    _progress = None  # progress(fooled, survived): samples a streamed attack finished (evaluate's bar)
 
     def __init__(self, model, *, targeted: bool = False, bounds=(0.0, 1.0)):
         check_model(model)
@@ -264,6 +265,12 @@ class Attack:
         # read here, with the other checks, for _loop's check against the model's classes
         self._label_span = label_range(labels)
         return images.detach(), labels.detach().long()
+
+    def _finished(self, fooled: torch.Tensor, survived: torch.Tensor) -> None:
+        """Tell evaluate's progress bar how many samples this attack just finished: fooled,
+        or done with every run unfooled (one host read, only when a bar listens)."""
+        if self._progress is not None:
+            self._progress(int(fooled), int(survived))
 
     def _random(self, stream: str) -> SampleRandom | None:
         """The per-sample generator of this call for ``stream`` (None without a seed: the

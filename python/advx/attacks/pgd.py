@@ -287,6 +287,7 @@ class _Samples:
     def retire(self, st):
         item = st["item"]
         fooled = st["first"] >= 0
+        self.atk._finished(fooled.sum(), (~fooled).sum())
         self.adv[item] = torch.where(fooled.reshape(self.col), st["fooled_point"], st["x"])
         self.first[item] = st["first"]
         self.zero_grad[item] = st["zero_grad"]

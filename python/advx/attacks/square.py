@@ -220,6 +220,8 @@ class _Searches:
 
     def retire(self, st):
         sample = st["item"]
+        fooled = st["m_best"] <= 0
+        self.atk._finished(fooled.sum(), (~fooled).sum())
         self.adv[sample] = st["x_best"]
         self.first[sample] = st["first"]
         self.nonfinite[sample] = st["nonfinite"]
