@@ -52,3 +52,28 @@ def forbid_syncs(monkeypatch, cls, method: str):
             torch.cuda.set_sync_debug_mode("default")
 
     monkeypatch.setattr(cls, method, without_syncs)
+
+
+class RowLinear(nn.Linear):
+    """nn.Linear as a product and a sum per row: unlike a BLAS matmul, whose rounding can
+    change with the number of rows, each output row is the same bits in any batch."""
+
+    def forward(self, x):
+        return (x[:, None, :] * self.weight[None]).sum(-1) + self.bias
+
+
+def row_mlp_digits(n: int = 200):
+    """(model, x, y): a float64 MLP trained on the first ``n`` digits, whose per-sample
+    outputs and input gradients do not depend on the batch."""
+    from advx.data import load_digits
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), RowLinear(64, 32), nn.ReLU(), RowLinear(32, 10)).double().eval()
+    split = load_digits()
+    x, y = split.test_images[:n].double(), split.test_labels[:n]
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    for _ in range(150):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    return model, x, y

@@ -3,35 +3,19 @@ from a stream the batch shares: a sample's result does not depend on the batch s
 which samples share its batch or on their order (advx._rng)."""
 import pytest
 import torch
-from torch import nn
 
 from advx._rng import SampleRandom
 from advx.attacks import APGD, APGDT, PGD, Square
 from advx.data import load_digits
 from advx.eval import evaluate
 
-
-class RowLinear(nn.Linear):
-    """nn.Linear as a product and a sum per row: unlike a BLAS matmul, whose rounding can
-    change with the number of rows, each output row is the same bits in any batch."""
-
-    def forward(self, x):
-        return (x[:, None, :] * self.weight[None]).sum(-1) + self.bias
+from _attack_models import row_mlp_digits
 
 
 @pytest.fixture(scope="module")
 def mlp_digits():
     """A float64 MLP whose per-sample outputs and input gradients do not depend on the batch."""
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), RowLinear(64, 32), nn.ReLU(), RowLinear(32, 10)).double().eval()
-    split = load_digits()
-    x, y = split.test_images[:200].double(), split.test_labels[:200]
-    opt = torch.optim.Adam(model.parameters(), 1e-2)
-    for _ in range(150):
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
-    return model, x, y
+    return row_mlp_digits()
 
 
 def cascade(model, norm):

@@ -8,24 +8,14 @@ from torch import nn
 
 from advx._rng import SampleRandom
 from advx.attacks import Square
-from advx.data import load_digits
 
-from test_batch_independence import RowLinear
+from _attack_models import row_mlp_digits
 
 
 @pytest.fixture(scope="module")
 def mlp_digits():
-    """A float64 MLP whose per-sample outputs do not depend on the batch (trained as in
-    test_batch_independence)."""
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), RowLinear(64, 32), nn.ReLU(), RowLinear(32, 10)).double().eval()
-    split = load_digits()
-    x, y = split.test_images[:200].double(), split.test_labels[:200]
-    opt = torch.optim.Adam(model.parameters(), 1e-2)
-    for _ in range(150):
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
+    """A float64 MLP whose per-sample outputs do not depend on the batch."""
+    model, x, y = row_mlp_digits()
     return model, x[:48], y[:48]
 
 
