@@ -299,6 +299,22 @@ class Attack:
         # argmax of a NaN row is 0: non-finite logits never count as success
         return fooled & torch.isfinite(logits).all(dim=1)
 
+    def _gradient_at(self, images, x_adv, labels, *, first_pass: bool, mean_grad: bool):
+        """One model pass at ``x_adv`` (a leaf that requires grad): (checked_grad's gradient
+        of the objective and its non-finite and zero-gradient flags, success, cross-entropy),
+        per sample. ``first_pass``: the call's first, which checks the labels against the
+        model's classes (their range was read with the inputs: no host sync here)."""
+        # x_adv may be kept in a wider dtype than the images (float32 for half-precision
+        # images): the model sees the images' dtype, a differentiable cast (no-op if equal)
+        logits = logits_of(self.model, x_adv.to(images.dtype))
+        if first_pass:
+            check_labels(self._label_span, logits.shape[1])
+        objective, ce = self._objective(images, x_adv, logits, labels)
+        (grad,) = torch.autograd.grad(objective.mean() if mean_grad else objective.sum(), x_adv)
+        logits, ce = logits.detach(), ce.detach()
+        grad, bad, zero = checked_grad(grad, logits, ce)
+        return grad, bad, zero, self._success(logits, labels), ce
+
     def _loop(self, images, labels, x_adv, steps: int, update: Callable, *, record_loss: bool,
               early_stop: bool, mean_grad: bool, report: bool = True) -> AttackResult:
         """Ascend the objective from ``x_adv`` (a leaf that requires grad) for ``steps``
@@ -317,20 +333,13 @@ class Attack:
         history = []
         done_steps = steps
         for step in range(steps):
-            # x_adv may be kept in a wider dtype than the images (float32 for half-precision
-            # images): the model sees the images' dtype, a differentiable cast (no-op if equal)
-            logits = logits_of(self.model, x_adv.to(images.dtype))
-            if step == 0:  # the range was read with the inputs: no host sync here
-                check_labels(self._label_span, logits.shape[1])
-            objective, ce = self._objective(images, x_adv, logits, labels)
-            (grad,) = torch.autograd.grad(objective.mean() if mean_grad else objective.sum(), x_adv)
-            grad, bad, zero = checked_grad(grad, logits.detach(), ce.detach())
+            grad, bad, zero, success, ce = self._gradient_at(images, x_adv, labels, first_pass=step == 0,
+                                                             mean_grad=mean_grad)
             nonfinite |= bad
             zero_grad |= zero
-            success = self._success(logits.detach(), labels)
             first = torch.where(success & (first < 0), step, first)
             if record_loss:
-                history.append(float(ce.detach().mean()))
+                history.append(float(ce.mean()))
             if early_stop:
                 done = first >= 0
                 if bool(done.all()):

@@ -10,9 +10,8 @@ from __future__ import annotations
 import torch
 
 from .. import _validate, ops, optim
-from .._runtime import logits_of
 from ..ops.constraints import LpBall
-from .base import Attack, AttackResult, check_labels, checked_grad, clamp_box, per_sample, sample_norms
+from .base import Attack, AttackResult, clamp_box, per_sample, sample_norms
 from .stream import run_items
 
 __all__ = ["PGD", "FGSM", "OPTIMIZERS"]
@@ -261,17 +260,12 @@ class _Samples:
         atk, item, col = self.atk, st["item"], self.col
         x0, labels = self.images[item], self.labels[item]
         x = st["x"].requires_grad_(True)
-        logits = logits_of(atk.model, x)
-        if not self.checked:  # the label range was read with the inputs: no host sync here
-            check_labels(atk._label_span, logits.shape[1])
-            self.checked = True
-        objective, ce = atk._objective(x0, x, logits, labels)
-        (grad,) = torch.autograd.grad(objective.sum(), x)
+        grad, bad, zero, success, _ = atk._gradient_at(x0, x, labels, first_pass=not self.checked, mean_grad=False)
+        self.checked = True
         x = x.detach()
-        grad, bad, zero = checked_grad(grad, logits.detach(), ce.detach())
         st["nonfinite"] |= bad
         st["zero_grad"] |= zero
-        newly = atk._success(logits.detach(), labels) & (st["first"] < 0)
+        newly = success & (st["first"] < 0)
         st["first"] = torch.where(newly, st["i"], st["first"])
         st["fooled_point"] = torch.where(newly.reshape(col), x, st["fooled_point"])
         eps_b, alpha_b = self.eps_b[item], self.alpha_b[item]
