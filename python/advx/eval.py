@@ -473,7 +473,7 @@ def _chunks(loader, device, size: int, first_index: int, done: int):
     dataset index ``done`` (finished before an interruption), and the dataset index after
     the chunk. The first loader batch is also yielded alone, before anything else, as
     (images, labels, None, None): the model checks and the checkpoint's fingerprint."""
-    xs, ys, offset, first = [], [], first_index, True
+    xs, ys, have, offset, first = [], [], 0, first_index, True
     for x, y, _ in _batches(loader, device, False):
         if first:
             yield x, y, None, None
@@ -484,13 +484,12 @@ def _chunks(loader, device, size: int, first_index: int, done: int):
         skip = max(done - start, 0)
         xs.append(x[skip:])
         ys.append(y[skip:])
-        if sum(t.shape[0] for t in ys) >= size:
-            n = sum(t.shape[0] for t in ys)
-            yield torch.cat(xs), torch.cat(ys), torch.arange(offset - n, offset, device=device), offset
-            xs, ys = [], []
+        have += y.shape[0] - skip
+        if have >= size:
+            yield torch.cat(xs), torch.cat(ys), torch.arange(offset - have, offset, device=device), offset
+            xs, ys, have = [], [], 0
     if ys:
-        n = sum(t.shape[0] for t in ys)
-        yield torch.cat(xs), torch.cat(ys), torch.arange(offset - n, offset, device=device), offset
+        yield torch.cat(xs), torch.cat(ys), torch.arange(offset - have, offset, device=device), offset
 
 
 def evaluate(model, data, eps, norm: str = "linf", attacks=DEFAULT_EVAL_ATTACKS, *, batch_size: int = 256,
@@ -552,11 +551,7 @@ def evaluate(model, data, eps, norm: str = "linf", attacks=DEFAULT_EVAL_ATTACKS,
             raise ValueError(f"attack {name} is targeted; the evaluation needs untargeted attacks")
     loader = _loader(data, batch_size)
     device = torch.device(device) if device is not None else default_device(model)
-    if amp is not None or compile or channels_last:
-        named, fast = _accelerated(model, named, loader, device, amp=amp, compile=compile,
-                                   channels_last=channels_last, notes=notes)
-    else:
-        fast = model
+    fast = model  # what the attacks run: the model, or advx._accel's faster wrapper of it
     rank, ranks = _distributed.world()
     first_index = 0  # dataset index of this process's first sample
     if ranks > 1:
@@ -567,19 +562,21 @@ def evaluate(model, data, eps, norm: str = "linf", attacks=DEFAULT_EVAL_ATTACKS,
     clean, robust, fooled_by, distance = [], [], [], []
     zero = bad = 0
     resume = None if checkpoint is None else _checkpoint.load(checkpoint)
-    done = first_index  # samples before it: another rank's, or finished before an interruption
     seconds: dict = {}
     began = _clock(device)
     with eval_mode(model), count_passes() as passes:
         bar = _progress_bar(_length(loader), progress)
-        for x, y, positions, offset in _chunks(loader, device, 4 * batch_size, first_index,
-                                               _resume_point(resume, first_index)):
-            if positions is None:  # the first loader batch: checks and fingerprint
+        # samples before ``done`` are another rank's, or were finished before an interruption
+        done = first_index if resume is None else int(resume["done"])
+        for x, y, positions, offset in _chunks(loader, device, 4 * batch_size, first_index, done):
+            if positions is None:  # the first loader batch: fingerprint, faster model, checks
                 if checkpoint is not None:
                     want = _checkpoint.fingerprint(model, x[:1], y[:1], _length(loader), eps, norm, named, seed)
+                if amp is not None or compile or channels_last:
+                    named, fast = _accelerated(model, named, x[:8], amp=amp, compile=compile,
+                                               channels_last=channels_last, notes=notes)
                 if resume is not None:
                     _checkpoint.check(resume, want, checkpoint)
-                    done = int(resume["done"])
                     clean, robust = [resume["clean"]], [resume["robust"]]
                     fooled_by, distance = [resume["fooled_by"]], [resume["distance"]]
                     zero, bad, notes = int(resume["zero"]), int(resume["bad"]), list(resume["notes"])
@@ -636,15 +633,14 @@ def evaluate(model, data, eps, norm: str = "linf", attacks=DEFAULT_EVAL_ATTACKS,
                       nonfinite=int(bad), warnings=notes, stats=stats)
 
 
-def _accelerated(model, named, loader, device, *, amp, compile, channels_last, notes):
+def _accelerated(model, named, example, *, amp, compile, channels_last, notes):
     """The attacks of ``named`` that run ``model`` made to run advx._accel's faster model
-    instead (copies: the caller's attack objects are not changed), and that model."""
+    instead (copies: the caller's attack objects are not changed), and that model;
+    ``example``: a few inputs for the compile trial."""
     import copy
 
     from ._accel import accelerate
 
-    first = next(iter(loader))
-    example = first[0][:8].to(device)
     fast, found = accelerate(model, example, compile=compile, channels_last=channels_last, amp=amp)
     for note in found:
         notes.append(note)
@@ -655,8 +651,3 @@ def _accelerated(model, named, loader, device, *, amp, compile, channels_last, n
             atk.model = fast
         out.append((name, atk))
     return out, fast
-
-
-def _resume_point(resume, first_index: int) -> int:
-    """The dataset index to continue from: after the checkpoint's last finished chunk."""
-    return first_index if resume is None else int(resume["done"])
