@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from . import ops, optim, reference
+from ._runtime import count_passes, logits_of
 from .ops.constraints import LpBall
 
 __all__ = ["sync", "median_seconds", "quick_timing", "attack_timing", "format_table", "markdown_table", "eval_timing",
@@ -183,38 +184,35 @@ def robust_training(model, x, y, *, epochs: int, device, seed: int = 0):
     return robust.eval()
 
 
-class PassCounter(torch.nn.Module):
-    """``model`` counting its sample-passes (one sample through it once), as advx's
-    Evaluation.stats counts them: forward-backward when the input needs a gradient."""
+class _ThroughLogitsOf(torch.nn.Module):
+    """``model`` called through advx's logits_of, so that a competitor's passes are
+    counted by advx._runtime.count_passes exactly as advx's own."""
 
     def __init__(self, model):
         super().__init__()
-        self.model, self.forward_backward, self.forward_only = model, 0, 0
+        self.model = model
 
     def forward(self, x):
-        if x.requires_grad and torch.is_grad_enabled():
-            self.forward_backward += x.shape[0]
-        else:
-            self.forward_only += x.shape[0]
-        return self.model(x)
+        return logits_of(self.model, x)
 
 
 def torchattacks_cascade(ta, model, x, y, steps: int, queries: int, seed: int):
     """torchattacks' APGD-CE, APGD-T and Square, each on the points still robust: (robust
     accuracy, forward-backward sample-passes, forward sample-passes)."""
-    counted = PassCounter(model).eval()
-    with torch.no_grad():
-        robust = counted(x).argmax(1) == y
-    for atk in (ta.APGD(counted, norm="Linf", eps=EVAL_EPS, steps=steps, n_restarts=1, loss="ce", seed=seed),
-                ta.APGDT(counted, norm="Linf", eps=EVAL_EPS, steps=steps, n_restarts=1, seed=seed),
-                ta.Square(counted, norm="Linf", eps=EVAL_EPS, n_queries=queries, n_restarts=1, seed=seed)):
-        idx = robust.nonzero()[:, 0]
-        if idx.numel() == 0:
-            break
-        adv = atk(x[idx], y[idx])
+    counted = _ThroughLogitsOf(model).eval()
+    with count_passes() as passes:
         with torch.no_grad():
-            robust[idx] = counted(adv).argmax(1) == y[idx]
-    return float(robust.float().mean()), counted.forward_backward, counted.forward_only
+            robust = counted(x).argmax(1) == y
+        for atk in (ta.APGD(counted, norm="Linf", eps=EVAL_EPS, steps=steps, n_restarts=1, loss="ce", seed=seed),
+                    ta.APGDT(counted, norm="Linf", eps=EVAL_EPS, steps=steps, n_restarts=1, seed=seed),
+                    ta.Square(counted, norm="Linf", eps=EVAL_EPS, n_queries=queries, n_restarts=1, seed=seed)):
+            idx = robust.nonzero()[:, 0]
+            if idx.numel() == 0:
+                break
+            adv = atk(x[idx], y[idx])
+            with torch.no_grad():
+                robust[idx] = counted(adv).argmax(1) == y[idx]
+    return float(robust.float().mean()), passes.forward_backward, passes.forward
 
 
 def timed(fn, device, repeats: int):
