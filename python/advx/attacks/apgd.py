@@ -8,9 +8,9 @@ the gap shrinking by 3 % of them down to 6 %. At a checkpoint a sample halves it
 and restarts from its best point if its loss increased in at most ``rho`` of the steps
 since the last checkpoint, or if its step was not halved last time and its best loss has
 not improved. Each iteration is one fused op (``advx.ops.apgd_step_``: the momentum step
-and both projections) and every decision is a tensor operation on the device: a run's
-iterations read nothing back to the host (between runs, the samples still robust are
-selected). P is the published projection for L-inf and L2 (ball, then box, exact in the
+and both projections) and every decision is a per-sample tensor operation. The runs are
+work items of advx.attacks.stream: a step reads back only which rows are new, at their
+first iteration, at a checkpoint or finished. P is the published projection for L-inf and L2 (ball, then box, exact in the
 data's dtype) and the exact projection onto the L1 ball ∩ box for L1.
 
 L1 follows Croce & Hein (ICCV 2021): step size eps; the step moves the sign of the

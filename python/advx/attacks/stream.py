@@ -59,7 +59,7 @@ def run_items(stepper, order: torch.Tensor, batch_size: int) -> int:
             return calls
         done = stepper.step(state)
         calls += 1
-        gone = done.nonzero()[:, 0]  # the one host read of a step
+        gone = done.nonzero()[:, 0]  # which rows leave: read on the host
         if gone.numel():
             stepper.retire(take_rows(state, gone))
             state = None if gone.numel() == active else take_rows(state, (~done).nonzero()[:, 0])
