@@ -56,10 +56,10 @@ def test_data_forms_agree(device):
     json.dumps(from_pair)
 
 
-def test_per_sample_eps_gives_one_row_per_budget(device):
+def test_budgets_give_one_row_per_budget(device):
     model, x, y = tiny_dataset(device)
     budgets = [0.01, 0.03, 0.1]
-    together = robust_accuracy(model, (x, y), [PGD(model, torch.tensor(budgets), 0.02, 5, random_start=False)],
+    together = robust_accuracy(model, (x, y), [PGD(model, 0.5, 0.02, 5, random_start=False)], budgets=budgets,
                                batch_size=25, progress=False)
     separate = robust_accuracy(model, (x, y), [PGD(model, e, 0.02, 5, random_start=False) for e in budgets],
                                batch_size=25, progress=False)
@@ -68,7 +68,24 @@ def test_per_sample_eps_gives_one_row_per_budget(device):
     want = [r["robust_accuracy"] for r in separate.rows]
     # one tiled call per batch versus one call per budget: the same attack up to rounding
     assert got == pytest.approx(want, abs=1.5 / 50)
-    assert got[0] > got[1] > got[2]
+    assert got[0] > got[1] > got[2]  # the budgets really differ
+
+
+def test_an_eps_tensor_is_per_sample_never_a_set_of_budgets(device):
+    # 64 per-sample budgets used to become 64 rows over a 64x tiled batch
+    model, x, y = tiny_dataset(device)
+    per_sample = torch.rand(len(x), device=device) * 0.1 + 0.01
+    with pytest.raises(ValueError, match="per-sample eps tensor.*budgets="):
+        robust_accuracy(model, (x, y), [PGD(model, per_sample, 0.02, 5)], progress=False)
+    one = robust_accuracy(model, (x, y), [PGD(model, torch.tensor(0.05), 0.02, 5, seed=0)], progress=False)
+    same = robust_accuracy(model, (x, y), [PGD(model, 0.05, 0.02, 5, seed=0)], progress=False)
+    assert [r["robust_accuracy"] for r in one.rows] == [r["robust_accuracy"] for r in same.rows]
+    # budgets= overrides every budgeted attack, in sorted order, and is checked
+    rep = robust_accuracy(model, (x, y), [FGSM(model, 0.3)], budgets=torch.tensor([0.1, 0.02]), progress=False)
+    assert [r["eps"] for r in rep.rows] == pytest.approx([0.02, 0.1])
+    for bad in ([], [0.1, -1.0], [float("nan")]):
+        with pytest.raises(ValueError, match="budgets"):
+            robust_accuracy(model, (x, y), [FGSM(model, 0.3)], budgets=bad, progress=False)
 
 
 def test_report_table_and_dict(device):

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-__all__ = ["DigitsSplit", "load_digits", "digits_datasets", "load_image_folder", "IMAGE_SUFFIXES"]
+__all__ = ["DigitsSplit", "load_digits", "digits_datasets", "load_image_folder", "folder_labels", "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
@@ -50,20 +50,37 @@ def digits_datasets(**kwargs) -> tuple[TensorDataset, TensorDataset]:
     return TensorDataset(s.train_images, s.train_labels), TensorDataset(s.test_images, s.test_labels)
 
 
-def _label_of(folder: str, names: list[str]) -> int:
-    # Folders named by class index ("0", "207", ...) keep that index, so a folder of
-    # ImageNet images can carry the model's own class numbers; otherwise the
-    # sorted folder names are numbered 0..K-1 (the torchvision ImageFolder rule).
-    if all(n.isdigit() for n in names):
-        return int(folder)
-    return names.index(folder)
+def _key(name: str) -> str:
+    return " ".join(name.replace("_", " ").replace("-", " ").lower().split())
 
 
-def load_image_folder(path, *, size=None, grayscale: bool = False, limit: int | None = None):
+def folder_labels(folders: list[str], class_names=None) -> tuple[list[int], str]:
+    """The label of each class folder and the rule that gave it.
+
+    Folders named by class index ("0", "207", ...) keep that index ("numbers"), so a
+    folder of ImageNet images can carry the model's own class numbers; folders named
+    after the model's classes (``class_names``; case, '_' and '-' ignored) get those
+    classes' indices ("class names"); otherwise the sorted folder names are numbered
+    0..K-1, the torchvision ImageFolder rule ("sorted"), which only means something
+    for a model trained on these folders.
+    """
+    if all(n.isdigit() for n in folders):
+        return [int(n) for n in folders], "numbers"
+    if class_names:
+        index: dict[str, int] = {}
+        for i, c in enumerate(class_names):
+            index.setdefault(_key(str(c)), i)  # ImageNet names 'crane' twice: the first wins
+        if all(_key(n) in index for n in folders):
+            return [index[_key(n)] for n in folders], "class names"
+    return list(range(len(folders))), "sorted"
+
+
+def load_image_folder(path, *, size=None, grayscale: bool = False, limit: int | None = None, class_names=None):
     """Images under ``path`` as a float32 [N, C, H, W] tensor in [0, 1].
 
     Returns ``(images, labels, files, class_names)``. With one sub-folder per class
-    the labels come from the folder names; with a flat folder ``labels`` is None
+    the labels come from the folder names (:func:`folder_labels`: class indices, the
+    model's ``class_names``, or the sorted order); with a flat folder ``labels`` is None
     (callers then attack the model's own predictions). ``size`` (int or (H, W))
     resizes every image; without it all images must share one size.
     """
@@ -103,5 +120,6 @@ def load_image_folder(path, *, size=None, grayscale: bool = False, limit: int | 
     files = [os.fspath(f) for f, _ in entries]
     if not subdirs:
         return images, None, files, None
-    labels = torch.tensor([_label_of(name, subdirs) for _, name in entries], dtype=torch.int64)
+    by_folder = dict(zip(subdirs, folder_labels(subdirs, class_names)[0]))
+    labels = torch.tensor([by_folder[name] for _, name in entries], dtype=torch.int64)
     return images, labels, files, subdirs

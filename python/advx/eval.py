@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from . import _validate
 from ._runtime import count_passes, default_device, eval_mode, generator, logits_of
 from .attacks import Attack
 from .attacks.base import loss_logits, sample_norms
@@ -95,11 +96,37 @@ def _named(attacks) -> list:
     return out
 
 
-def _budgets(atk: Attack) -> list:
-    """The distinct budgets of an attack: [None] (no budget), [eps] or the sorted
-    distinct values of a per-sample eps tensor (each gets its own row)."""
+def _budget_list(budgets) -> list | None:
+    if budgets is None:
+        return None
+    if isinstance(budgets, torch.Tensor):
+        if budgets.dim() > 1:
+            raise ValueError(f"budgets must be a sequence of positive floats, got a tensor of shape "
+                             f"{tuple(budgets.shape)}")
+        budgets = budgets.reshape(-1).tolist()
+    elif isinstance(budgets, Real):
+        budgets = [budgets]
+    values = [_validate.positive(b, "budgets") for b in budgets]
+    if not values:
+        raise ValueError("budgets must hold at least one budget")
+    return sorted(set(values))
+
+
+def _budgets(atk: Attack, name: str, budgets: list | None) -> list:
+    """The budgets an attack runs at: [None] (no budget), ``budgets`` when given, else its
+    own eps. A per-sample eps tensor means one budget per sample of a batch in an
+    attack; over a data set that has no meaning, so it is refused, pointing at budgets=."""
+    if atk.eps is None:
+        return [None]
+    if budgets is not None:
+        return budgets
     if isinstance(atk.eps, torch.Tensor):
-        return sorted({float(e) for e in atk.eps.reshape(-1).tolist()})
+        if atk.eps.numel() != 1:
+            raise ValueError(
+                f"attack {name} has a per-sample eps tensor of {atk.eps.numel()} values (in an attack a tensor is "
+                f"one budget per sample of its batch); to evaluate several budgets pass them as "
+                f"robust_accuracy(..., budgets=[...])")
+        return [float(atk.eps)]
     return [atk.eps]
 
 
@@ -150,14 +177,15 @@ def _batches(loader, device, progress: bool):
         bar.close()
 
 
-def robust_accuracy(model, data, attacks, *, batch_size: int = 256, device=None,
+def robust_accuracy(model, data, attacks, *, budgets=None, batch_size: int = 256, device=None,
                     progress: bool = True) -> RobustnessReport:
     """Clean accuracy of ``model`` on ``data`` and its accuracy under each attack.
 
     ``data``: a DataLoader (its own batches), a Dataset or an ``(images, labels)``
-    pair. ``attacks``: a list of attacks, or a dict name -> attack. An attack with a
-    per-sample ``eps`` tensor is evaluated at each distinct value, all of them in
-    one attack call per batch (the batch is tiled, one budget per copy). Only the
+    pair. ``attacks``: a list of attacks, or a dict name -> attack, each at its own
+    ``eps``. ``budgets`` (a list of eps values) evaluates every attack that has a budget
+    at each of them instead, all in one attack call per batch (the batch is tiled, one
+    budget per copy), one row each. Only the
     samples classified correctly are attacked. Where two or more attacks share a budget
     (norm and eps), ``worst_case`` gets a row: the samples no attack at that budget fooled.
     """
@@ -165,7 +193,8 @@ def robust_accuracy(model, data, attacks, *, batch_size: int = 256, device=None,
     named = _named(attacks)
     loader = _loader(data, batch_size)
     device = torch.device(device) if device is not None else default_device(model)
-    budgets = [_budgets(atk) for _, atk in named]
+    wanted = _budget_list(budgets)
+    budgets = [_budgets(atk, name, wanted) for name, atk in named]
     robust = [[0] * len(b) for b in budgets]
     masking = [[[0, 0] for _ in b] for b in budgets]  # per row: zero_grad, nonfinite
     keys = [[(atk.norm, None if eps is None else float(eps)) for eps in b] for (_, atk), b in zip(named, budgets)]
@@ -226,7 +255,9 @@ def _robust_counts(model, atk: Attack, eps_list: list, images, labels) -> list:
     zero input gradient, how many non-finite logits/loss/gradient), with one host read;
     and the per-sample masks of who stayed correct, [budgets, n]."""
     copies = len(eps_list)
-    if isinstance(atk.eps, torch.Tensor):
+    if eps_list != [None]:
+        atk = atk.with_eps(eps_list[0])
+    if copies > 1:
         n = labels.shape[0]
         eps = torch.tensor(eps_list, device=images.device).repeat_interleave(n)
         atk = atk.with_eps(eps)
@@ -334,13 +365,14 @@ class Evaluation:
     warnings: list = field(default_factory=list)
     stats: dict = field(default_factory=dict)
 
+    # counts over N in Python: 0.95, not float32's 0.949999988
     @property
     def clean_accuracy(self) -> float:
-        return float(self.clean.float().mean()) if self.clean.numel() else float("nan")
+        return int(self.clean.sum()) / self.clean.numel() if self.clean.numel() else float("nan")
 
     @property
     def robust_accuracy(self) -> float:
-        return float(self.robust.float().mean()) if self.robust.numel() else float("nan")
+        return int(self.robust.sum()) / self.robust.numel() if self.robust.numel() else float("nan")
 
     def to_dict(self) -> dict:
         return {
@@ -349,7 +381,8 @@ class Evaluation:
             "after_attack": [{"attack": a, "robust_accuracy": r} for a, r in zip(self.attacks, self.after_attack)],
             "zero_grad": self.zero_grad, "nonfinite": self.nonfinite, "warnings": list(self.warnings),
             "stats": dict(self.stats),
-            "per_sample": [{"index": i, "clean": c, "robust": r, "fooled_by": f, "distance": None if d != d else d}
+            "per_sample": [{"index": i, "clean": c, "robust": r, "fooled_by": f,
+                            "distance": None if d != d else float(f"{d:.7g}")}  # float32's digits, not its noise
                            for i, (c, r, f, d) in enumerate(zip(self.clean.tolist(), self.robust.tolist(),
                                                                 self.fooled_by.tolist(), self.distance.tolist()))],
         }
@@ -380,12 +413,10 @@ def make_attack(name: str, model, eps: float, norm: str = "linf", *, seed=0, apg
         "apgd-t": lambda: APGDT(model, eps, norm, steps=apgd_steps, seed=seed),
         "square": lambda: Square(model, eps, norm, queries=queries, seed=seed),
         "pgd": lambda: PGD(model, eps, alpha=alpha, steps=pgd_steps, norm=norm, seed=seed),
-        "fgsm": lambda: FGSM(model, eps),
+        "fgsm": lambda: FGSM(model, eps, norm=norm),
     }
     if name not in makers:
         raise ValueError(f"attacks must hold attack objects or names from {EVAL_ATTACKS}, got {name!r}")
-    if name == "fgsm" and norm != "linf":
-        raise ValueError(f"fgsm is an L-inf attack; use 'pgd' or 'apgd-ce' for norm={norm!r}")
     return makers[name]()
 
 
@@ -603,7 +634,8 @@ def evaluate(model, data, eps, norm: str = "linf", attacks=DEFAULT_EVAL_ATTACKS,
                     "notes": list(notes)})
         bar.close()
     stats = {"forward_backward": passes.forward_backward, "forward": passes.forward,
-             "seconds": _clock(device) - began, "seconds_per_attack": {name: seconds.get(name, 0.0) for name, _ in named}}
+             "seconds": round(_clock(device) - began, 4),
+             "seconds_per_attack": {name: round(seconds.get(name, 0.0), 4) for name, _ in named}}
     if ranks > 1:  # every rank gets every sample's result, in dataset order
         parts = _distributed.gather([torch.cat(t) if t else None for t in (clean, robust, fooled_by, distance)]
                                     + [zero, bad, notes, stats])

@@ -11,7 +11,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["DigitsCNN", "default_cache_dir", "digits_cnn_path", "train_digits_cnn", "digits_accuracy", "load_model"]
+__all__ = ["DigitsCNN", "default_cache_dir", "digits_cnn_path", "train_digits_cnn", "digits_accuracy", "load_model",
+           "class_names", "WEIGHTS"]
+
+# What ``load_model(..., weights=)`` takes besides a path to a state_dict file.
+WEIGHTS = ("default", "none")
 
 # Bump when the architecture or the training recipe changes: old cache files are then ignored.
 _DIGITS_VERSION = 2
@@ -138,24 +142,38 @@ def train_digits_cnn(cache_dir=None, *, epochs: int = 12, seed: int = 0, device=
     return model.eval()
 
 
-def load_model(spec: str, *, cache_dir=None, device=None, mean=None, std=None) -> nn.Module:
+def load_model(spec: str, *, cache_dir=None, device=None, mean=None, std=None, weights: str = "default") -> nn.Module:
     """A model for the CLI, in eval mode, taking [0, 1] pixels.
 
     ``spec`` is ``"digits"`` (the cached digits CNN), a file saved with
     ``torch.save(model)`` or ``torch.jit.save`` (only load files you trust: a pickled
-    module runs code), or a torchvision model name (e.g. ``resnet18``, with its
-    default pretrained weights and ImageNet normalization). ``mean``/``std`` wrap the
-    model in ``advx.Normalize`` for a model trained on normalized inputs.
+    module runs code), or a torchvision model name (e.g. ``resnet18``, with ImageNet
+    normalization). ``weights`` applies to 'digits' and torchvision names:
+    ``"default"`` (the trained digits CNN; torchvision's pretrained weights, which
+    torchvision downloads on first use into its cache), ``"none"`` (random
+    initialization, nothing downloaded) or the path of a ``state_dict`` file.
+    ``mean``/``std`` wrap the model in ``advx.Normalize`` for a model trained on
+    normalized inputs.
     """
     device = torch.device(device or "cpu")
+    if not isinstance(weights, (str, os.PathLike)):
+        raise ValueError(f"weights must be 'default', 'none' or a file path, got {weights!r}")
+    weights = os.fspath(weights)
+    if weights not in WEIGHTS and not os.path.isfile(weights):
+        raise ValueError(f"weights: {weights!r} is neither 'default', 'none' nor an existing file")
     if spec == "digits":
-        model = train_digits_cnn(cache_dir, device=device)
+        model = train_digits_cnn(cache_dir, device=device) if weights == "default" else _initial_model(0)
     elif os.path.exists(spec):
+        if weights != "default":
+            raise ValueError(f"weights: {spec!r} is a saved model with its own weights; weights= applies to "
+                             "'digits' and torchvision model names")
         model = _load_file(spec, device)
     else:
-        model = _load_torchvision(spec)
+        model = _load_torchvision(spec, weights)
         if mean is None and std is None:
             mean, std = IMAGENET_MEAN, IMAGENET_STD
+    if weights not in WEIGHTS:
+        _load_state_dict(model, weights)
     if mean is not None or std is not None:
         if mean is None or std is None:
             raise ValueError("mean and std must be given together")
@@ -163,6 +181,46 @@ def load_model(spec: str, *, cache_dir=None, device=None, mean=None, std=None) -
 
         model = Normalize(model, mean, std)
     return model.to(device).eval()
+
+
+def class_names(spec: str, model: nn.Module | None = None) -> list[str] | None:
+    """The names of the classes of the model ``spec`` names, where it says them: the
+    digits for 'digits', the categories of a torchvision model's weights (read from
+    torchvision's tables, nothing downloaded), or a ``class_names`` / ``classes`` list
+    of strings on a loaded module; else None."""
+    if spec == "digits":
+        return [str(d) for d in range(10)]
+    if model is not None:
+        inner = getattr(model, "model", None)  # through advx.Normalize
+        for m in (model, inner):
+            for attr in ("class_names", "classes"):
+                names = getattr(m, attr, None)
+                if isinstance(names, (list, tuple)) and names and all(isinstance(n, str) for n in names):
+                    return list(names)
+    if os.path.exists(spec):
+        return None
+    try:
+        torchvision = _import_torchvision(spec)
+        return list(torchvision.models.get_model_weights(spec).DEFAULT.meta["categories"])
+    except Exception:  # noqa: BLE001  (no torchvision, an unknown name, weights without categories)
+        return None
+
+
+def _load_state_dict(model: nn.Module, path: str) -> None:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001  (pickle and zip raise many kinds)
+        raise ValueError(f"weights: cannot read {path} as a state_dict: {e}") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]  # a training checkpoint
+    if not isinstance(state, dict):
+        raise ValueError(f"weights: {path} holds a {type(state).__name__}, not a state_dict "
+                         "(save one with torch.save(model.state_dict(), path))")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()
+        raise ValueError(f"weights: {path} does not fit the model: {' '.join(l.strip() for l in first[:3])}") from None
 
 
 def _is_torchscript(path: str) -> bool:
@@ -187,14 +245,32 @@ def _load_file(path: str, device) -> nn.Module:
     return obj
 
 
-def _load_torchvision(name: str) -> nn.Module:
+def _import_torchvision(name: str):
     try:
         import torchvision
     except ImportError:
         raise ValueError(
             f"model: {name!r} is neither 'digits' nor an existing file, and torchvision is not "
-            "installed to load it by name (pip install torchvision)") from None
+            "installed to load it by name (pip install torchvision, the build matching your torch)") from None
+    except Exception as e:  # noqa: BLE001  (a torchvision built for another torch fails at import)
+        raise ValueError(
+            f"model: torchvision is installed but does not import ({type(e).__name__}: {e}); it must be the "
+            f"build matching torch {torch.__version__}") from None
+    return torchvision
+
+
+def _load_torchvision(name: str, weights: str = "default") -> nn.Module:
+    torchvision = _import_torchvision(name)
     names = torchvision.models.list_models(module=torchvision.models)
     if name not in names:
         raise ValueError(f"model: {name!r} is not a file nor a torchvision model; known names: {', '.join(names)}")
-    return torchvision.models.get_model(name, weights="DEFAULT")
+    if weights != "default":
+        return torchvision.models.get_model(name, weights=None)
+    try:
+        return torchvision.models.get_model(name, weights="DEFAULT")
+    except Exception as e:  # noqa: BLE001  (URLError offline, HTTPError, a hash mismatch, a full disk)
+        reason = str(getattr(e, "reason", None) or e).strip().splitlines()
+        raise ValueError(
+            f"model: could not download {name}'s pretrained weights ({type(e).__name__}: "
+            f"{reason[0] if reason else ''}); offline, pass --weights none (random init) or "
+            "--weights PATH (a state_dict file)") from None

@@ -211,15 +211,19 @@ class PGD(Attack):
 
 
 class FGSM(PGD):
-    """Fast gradient sign method: ``clamp(x + eps * sign(grad), bounds)``, one step
-    of L-inf PGD with ``alpha = eps`` and no random start (targeted: ``x - eps * sign``
-    of the target's loss gradient)."""
+    """The fast gradient method: one step of length ``eps`` from the clean image,
+    then into ``bounds``. ``norm="linf"`` is FGSM, ``clamp(x + eps * sign(grad))``;
+    ``"l2"`` steps ``eps * grad / ||grad||_2`` (the L2 fast gradient method) and
+    ``"l1"`` takes PGD's sparse L1 step; each is one step of PGD in that norm with
+    ``alpha = eps`` and no random start (targeted: down the target's loss)."""
 
     name = "FGSM"
 
-    def __init__(self, model, eps, *, targeted: bool = False, bounds=(0.0, 1.0)):
-        super().__init__(model, eps, alpha=None, steps=1, norm="linf", random_start=False,
+    def __init__(self, model, eps, *, norm: str = "linf", targeted: bool = False, bounds=(0.0, 1.0)):
+        super().__init__(model, eps, alpha=None, steps=1, norm=norm, random_start=False,
                          targeted=targeted, bounds=bounds)
+        if self.norm != "linf":
+            self.name = "FGM"  # the sign belongs to L-inf only
 
     def _alpha(self, eps):
         return eps

@@ -71,7 +71,7 @@ def _unit_index(unit) -> tuple:
 def maximize_response(model: nn.Module, target, *, steps: int = 250, lr: float = 0.1,
                       prior: Callable[[torch.Tensor], torch.Tensor] | None = None,
                       prior_weight: float = 1.0, shape=(1, 3, 224, 224), layer: str | None = None,
-                      unit=None, device=None, seed: int = 0) -> Visualization:
+                      unit=None, device=None, seed: int = 0, progress: bool = False) -> Visualization:
     """Optimize an input with Adam to maximize ``response(x) - prior_weight * prior(x)``.
 
     ``response`` is the ``target`` class logit of ``model(x)`` or, with ``layer``
@@ -81,7 +81,7 @@ def maximize_response(model: nn.Module, target, *, steps: int = 250, lr: float =
     target, optimized together. The image starts from N(0, 0.01^2) noise drawn with
     ``seed``; ``prior`` defaults to ``advx.EdgeEnergy()`` (``prior_weight=0`` turns it
     off). The model is run in eval mode and left in the mode it was given; its
-    parameters get no gradients.
+    parameters get no gradients. ``progress=True`` shows a bar over the steps (tqdm).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -139,7 +139,7 @@ def maximize_response(model: nn.Module, target, *, steps: int = 250, lr: float =
     optimizer = Adam([x], lr=lr)
     try:
         with eval_mode(model):
-            for _ in range(steps):
+            for _ in _steps(steps, progress):
                 objective = response(x).sum()
                 if prior_weight > 0:
                     objective = objective - prior_weight * prior(x).sum()
@@ -153,3 +153,13 @@ def maximize_response(model: nn.Module, target, *, steps: int = 250, lr: float =
             handle.remove()
     image = x.detach()
     return Visualization(image, render(image), final.detach())
+
+
+def _steps(steps: int, progress: bool):
+    if progress:
+        try:
+            from tqdm.auto import trange
+        except ImportError:  # tqdm is an extra: no bar then
+            return range(steps)
+        return trange(steps, unit="step", desc="maximize_response", leave=False)
+    return range(steps)
