@@ -51,13 +51,17 @@ class Normalize(nn.Module):
             raise ValueError(
                 f"x has shape {tuple(x.shape)} but mean/std have {t.numel()} channels (dim 1)"
             )
-        return t.to(dtype=x.dtype).reshape(1, -1, *([1] * max(x.dim() - 2, 0)))
+        # no copy where the wrapper was moved with the model (.to(device)); else x's device
+        return t.to(device=x.device, dtype=x.dtype).reshape(1, -1, *([1] * max(x.dim() - 2, 0)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model((x - self._shaped(self.mean, x)) / self._shaped(self.std, x))
 
     def extra_repr(self) -> str:
-        return f"mean={self.mean.tolist()}, std={self.std.tolist()}"
+        # float32 buffers: show the values given, not float32 noise (0.2, not 0.20000000298023224)
+        def short(t):
+            return "[" + ", ".join(f"{v:.6g}" for v in t.tolist()) + "]"
+        return f"mean={short(self.mean)}, std={short(self.std)}"
 
 
 class _GradReverseFn(torch.autograd.Function):

@@ -9,18 +9,21 @@ model in the train/eval state it was given.
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 from dataclasses import dataclass, field
+from numbers import Integral
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 from .. import _validate, ops
+from ..nn import Normalize
 from .._rng import SampleRandom
-from .._runtime import eval_mode, logits_of
+from .._runtime import default_device, eval_mode, logits_of
 
-__all__ = ["Attack", "AttackResult"]
+__all__ = ["Attack", "AttackResult", "random_targets", "least_likely_targets"]
 
 
 @dataclass
@@ -161,6 +164,97 @@ def _check_indices(indices, images: torch.Tensor) -> torch.Tensor:
     return indices
 
 
+def _value_repr(value) -> str:
+    if isinstance(value, torch.Tensor):
+        if value.dim() == 0 and _validate.has_values(value):
+            return f"tensor({float(value):.6g})"
+        if value.numel() <= 8 and _validate.has_values(value):
+            return "tensor([" + ", ".join(f"{v:.6g}" for v in value.flatten().tolist()) + "])"
+        if _validate.has_values(value) and value.numel() and value.is_floating_point():
+            lo, hi = torch.aminmax(value)
+            return f"tensor(shape={list(value.shape)}, min={float(lo):.6g}, max={float(hi):.6g})"
+        return f"tensor(shape={list(value.shape)})"
+    return repr(value)
+
+
+def _model_repr(model) -> str:
+    if isinstance(model, Normalize):
+        return f"Normalize({_model_repr(model.model)}, {model.extra_repr()})"
+    if isinstance(model, torch.nn.Module):
+        return type(model).__name__
+    return getattr(model, "__name__", type(model).__name__)
+
+
+def _check_label_tensor(labels, name: str = "labels") -> None:
+    if not isinstance(labels, torch.Tensor) or labels.is_floating_point() or labels.is_complex() \
+            or labels.dtype == torch.bool:
+        raise TypeError(f"{name} must be an integer torch.Tensor of class indices, got "
+                        f"{labels.dtype if isinstance(labels, torch.Tensor) else type(labels).__name__}")
+    if labels.dim() != 1:
+        raise ValueError(f"{name} must have shape [B] (one per image), got {tuple(labels.shape)}")
+
+
+def random_targets(labels: torch.Tensor, num_classes: int, *, generator: torch.Generator | None = None,
+                   seed: int | None = None, indices=None) -> torch.Tensor:
+    """One target class per sample, uniform over the ``num_classes - 1`` classes other than
+    its label (torchattacks' ``set_mode_targeted_random``): pass the result as the labels
+    of an attack made with ``targeted=True``. [B] int64 on the labels' device.
+
+    Randomness: torch's global RNG, or ``generator`` (a ``torch.Generator``), or ``seed``
+    (advx's per-sample generator: each sample's target comes from (seed, its index in the
+    dataset), ``indices`` as in ``atk(x, y, indices=...)``, default the positions in the
+    batch), so a sample gets the same target in any batch.
+    """
+    _check_label_tensor(labels)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, Integral) or num_classes < 2:
+        raise ValueError(f"num_classes must be an int >= 2 (a target other than the label), got {num_classes!r}")
+    num_classes = int(num_classes)
+    if seed is not None and generator is not None:
+        raise ValueError("pass either seed (per-sample, batch-independent) or generator, not both")
+    span = label_range(labels)
+    if span is not None and (span[0] < 0 or span[1] >= num_classes):
+        raise ValueError(f"labels must lie in [0, {num_classes}), got values in [{span[0]}, {span[1]}]")
+    labels = labels.long()
+    if seed is not None:
+        seed = _validate.seed(seed)
+        rows = _check_indices(indices, labels.reshape(-1, 1))
+        offset = 1 + SampleRandom(seed, rows, "random_targets").integers(num_classes - 1)
+    else:
+        if indices is not None:
+            raise ValueError("indices choose the per-sample streams of seed=...; pass seed too")
+        device = generator.device if generator is not None else labels.device
+        offset = torch.randint(1, num_classes, labels.shape, generator=generator, device=device)
+    return (labels + offset.to(labels.device)) % num_classes
+
+
+@torch.no_grad()
+def least_likely_targets(model, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    """The class the model finds least likely for each image, ``argmin`` of its logits
+    (torchattacks' ``set_mode_targeted_least_likely``): pass the result as the labels of an
+    attack made with ``targeted=True``. ``labels`` (optional): never return a sample's own
+    label (the least likely class among the others). The model runs in eval mode and gets
+    its train/eval flags back. [B] int64 on the images' device."""
+    check_model(model)
+    if not isinstance(images, torch.Tensor) or not images.is_floating_point():
+        raise TypeError(f"images must be a floating point torch.Tensor, got "
+                        f"{images.dtype if isinstance(images, torch.Tensor) else type(images).__name__}")
+    if images.dim() < 2:
+        raise ValueError(f"images must be batched [B, ...] with at least 2 dims, got shape {tuple(images.shape)}")
+    if labels is not None:
+        _check_label_tensor(labels)
+        if labels.shape != images.shape[:1]:
+            raise ValueError(f"labels must have shape [{images.shape[0]}] (one per image), got {tuple(labels.shape)}")
+    with eval_mode(model):
+        logits = loss_logits(logits_of(model, images)).clone()
+    if labels is not None:
+        labels = labels.to(logits.device).long()
+        check_labels(label_range(labels), logits.shape[1])
+        if logits.shape[1] < 2:
+            raise ValueError("a target other than the label needs a model with at least 2 classes")
+        logits.scatter_(1, labels[:, None], float("inf"))
+    return logits.argmin(dim=1)
+
+
 class Attack:
     """Base class: ``adv = atk(images, labels)`` or ``res = atk.run(images, labels)``.
 
@@ -189,9 +283,38 @@ class Attack:
         self.targeted = targeted
         self.bounds = bounds
 
+    _unnormalized_model = None  # the model before set_normalization_used wrapped it
+
     def __repr__(self) -> str:
-        eps = self.eps.tolist() if isinstance(self.eps, torch.Tensor) else self.eps
-        return f"{type(self).__name__}(name={self.name!r}, norm={self.norm!r}, eps={eps}, targeted={self.targeted})"
+        """``PGD(model=DigitsCNN, eps=0.1, alpha=None, steps=10, norm='linf', ...)``: every
+        setting the constructor takes, by its name, with the value the attack holds."""
+        parts = [f"model={_model_repr(self.model)}"]
+        seen = {"self", "model"}
+        for cls in type(self).__mro__:
+            init = cls.__dict__.get("__init__")
+            if init is None or cls is object:
+                continue
+            for name, param in inspect.signature(init).parameters.items():
+                if name in seen or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+                    continue
+                seen.add(name)
+                if hasattr(self, name):
+                    parts.append(f"{name}={_value_repr(getattr(self, name))}")
+            break  # the class's own constructor names every setting it takes
+        return f"{type(self).__name__}({', '.join(parts)})"
+
+    def set_normalization_used(self, mean, std) -> "Attack":
+        """torchattacks' ``atk.set_normalization_used(mean, std)``: the attack's model becomes
+        ``advx.Normalize(model, mean, std)`` (on the model's device), so that a model trained
+        on normalized inputs is attacked in pixel space [0, 1]: images, eps and the result
+        are pixels. Calling it again replaces the normalization (it never stacks). Returns
+        the attack. Wrapping the model yourself is the same thing; that wrapped model is
+        also the one to evaluate clean accuracy with."""
+        base = self._unnormalized_model if self._unnormalized_model is not None else self.model
+        wrapped = Normalize(base, mean, std).to(default_device(base))
+        self._unnormalized_model = base
+        self.model = wrapped
+        return self
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, *, indices=None) -> torch.Tensor:
         """The adversarial images. ``indices``: the samples' indices in the dataset, [B]
