@@ -1,4 +1,6 @@
 """advx.viz: maximum-response images and the PNG figures."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -8,6 +10,7 @@ from torch import nn
 import advx
 from advx import viz
 from advx.models import DigitsCNN, train_digits_cnn
+from advx.viz import figures
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -233,3 +236,188 @@ def test_figures_leave_pyplot_alone(tmp_path):
 
 def test_digits_cnn_layer_names():
     assert "features.conv2" in viz.layer_names(DigitsCNN())
+
+
+# --- figures that explain themselves (issue 13) -------------------------------------
+
+
+def _suptitle(fig) -> str:
+    return fig._suptitle.get_text() if fig._suptitle is not None else ""
+
+
+def _difference_arrays(fig):
+    return [np.asarray(ax.images[0].get_array()) for ax in fig.axes if ax.get_gid() == "difference"]
+
+
+def test_adversarial_figure_has_one_magnification():
+    # rows whose largest changes differ (0.05, 0.1, 0.2): a per-row magnification
+    # would draw each row's largest change as black/white
+    orig = torch.full((3, 1, 4, 4), 0.5)
+    adv = orig.clone()
+    for i, change in enumerate([0.05, 0.1, 0.2]):
+        adv[i, 0, 0, 0] += change
+        adv[i, 0, 1, 1] -= change / 2
+    fig = figures._adversarial_figure(orig, adv, [1, 2, 3], [0.9, 0.8, 0.7], [4, 5, 6], [0.6, 0.5, 0.4])
+    diffs = _difference_arrays(fig)
+    assert len(diffs) == 3
+    m = 0.5 / 0.2  # the largest change of all rows fills the range
+    for i, arr in enumerate(diffs):
+        expected = (0.5 + m * (adv[i, 0] - orig[i, 0])).clamp(0, 1).numpy()
+        np.testing.assert_allclose(arr, expected, atol=1e-6)
+    assert diffs[2].max() == pytest.approx(1.0) and diffs[0].max() == pytest.approx(0.625)
+    # an explicit magnification is the same for every row too
+    fixed = _difference_arrays(figures._adversarial_figure(orig, adv, 1, 0.9, 2, 0.8, magnify=2.0))
+    for i, arr in enumerate(fixed):
+        np.testing.assert_allclose(arr, (0.5 + 2.0 * (adv[i, 0] - orig[i, 0])).numpy(), atol=1e-6)
+    assert figures._magnification(adv - orig, None) == pytest.approx(m)
+    assert figures._magnification(torch.zeros(2, 1, 3, 3), None) == 1.0
+
+
+def test_adversarial_figure_scale_says_grey_is_no_change():
+    orig = torch.full((2, 1, 4, 4), 0.5)
+    adv = orig.clone()
+    adv[0, 0, 0, 0] = 0.6
+    adv[1, 0, 2, 2] = 0.25  # the largest change: 0.25
+    fig = figures._adversarial_figure(orig, adv, [1, 2], [0.9, 0.8], [4, 5], [0.6, 0.5])
+    fig.draw_without_rendering()
+    bars = [ax for ax in fig.axes if "0 (no change)" in [t.get_text() for t in ax.get_xticklabels()]]
+    assert len(bars) == 1  # one scale for the whole difference column
+    assert [t.get_text() for t in bars[0].get_xticklabels()] == ["-0.25", "0 (no change)", "+0.25"]
+    assert "x2" in bars[0].get_xlabel()
+
+
+def test_adversarial_titles_say_prediction_and_true_label():
+    fig = figures._adversarial_figure(torch.rand(2, 1, 4, 4), torch.rand(2, 1, 4, 4), [0, 1], [0.991, 0.5],
+                                      [2, 2], [0.87, 0.6], true_labels=torch.tensor([0, 2]),
+                                      class_names=["cat", "dog", "ship"], title="my attack")
+    titles = [" ".join(ax.get_title().split()) for ax in fig.axes if ax.get_title()]
+    assert titles[0] == "original true: cat, predicted: cat (99.1%)"
+    assert titles[1] == "adversarial predicted: ship (87.0%)"
+    assert titles[3].startswith("original true: ship, predicted: dog")
+    assert _suptitle(fig).startswith("my attack")
+    # without true labels the titles claim none
+    plain = figures._adversarial_figure(torch.rand(1, 4, 4), torch.rand(1, 4, 4), 3, 0.5, 8, 0.9)
+    assert all("true" not in ax.get_title() for ax in plain.axes)
+    with pytest.raises(ValueError, match="true_labels has 1 entries"):
+        figures._adversarial_figure(torch.rand(2, 1, 4, 4), torch.rand(2, 1, 4, 4), 0, 1.0, 1, 1.0, true_labels=[1])
+
+
+def test_adversarial_figure_says_when_it_clips():
+    orig = torch.full((2, 1, 4, 4), 0.5)
+    inside = figures._adversarial_figure(orig, orig + 0.1, 0, 1.0, 1, 1.0)
+    assert "clipped" not in _suptitle(inside)
+    adv = orig.clone()
+    adv[0, 0, 0, :3] = 1.2   # 3 pixels above 1
+    adv[1, 0, 1, 1] = -0.1   # 1 below 0
+    fig = figures._adversarial_figure(orig, adv, 0, 1.0, 1, 1.0, title="t")
+    assert _suptitle(fig) == "t\nvalues outside [0, 1] clipped for display: 4 pixels"
+    rgb = torch.full((1, 3, 2, 2), 0.5)
+    rgb_adv = rgb.clone()
+    rgb_adv[0, :, 0, 0] = 1.5  # one pixel, three channels
+    assert _suptitle(figures._adversarial_figure(rgb, rgb_adv, 0, 1.0, 1, 1.0)).endswith(": 1 pixel")
+
+
+def test_pick_examples_successes_first_in_order():
+    success = torch.tensor([False, True, False, True, True, False])
+    assert viz.pick_examples(success, 4).tolist() == [1, 3, 4, 0]
+    assert viz.pick_examples(success, 10).tolist() == [1, 3, 4, 0, 2, 5]
+    assert viz.pick_examples([False, False], 4).tolist() == [0, 1]
+    assert viz.examples_title(success, viz.pick_examples(success, 2)) == \
+        "3 of 6 attacks succeeded: 2 successes shown first"
+    assert viz.examples_title(success, viz.pick_examples(success, 4)) == \
+        "3 of 6 attacks succeeded: 3 successes shown first, then 1 failure"
+    assert viz.examples_title([False] * 5, [0, 1]) == "0 of 5 attacks succeeded: 2 failures shown"
+    for bad in (0, -1, 2.0):
+        with pytest.raises(ValueError, match="n must be"):
+            viz.pick_examples(success, bad)
+
+
+def test_attack_examples_figure_shows_successes_first(tmp_path, digits_model, digits_cache_dir, monkeypatch):
+    from advx.cli import main
+
+    calls = []
+    monkeypatch.setattr(viz, "plot_adversarial", lambda *a, **k: calls.append((a, k)))
+    assert main(["attack", "--cache-dir", str(digits_cache_dir), "--device", "cpu", "--limit", "40",
+                 "--eps", "0.05", "--steps", "10", "--out", str(tmp_path)]) == 0
+    (orig, adv, p0, c0, p1, c1, path), kwargs = calls[0]
+    assert path.name == "examples.png" and len(orig) == 4
+    truth = kwargs["true_labels"]
+    summary = json.loads((tmp_path / "attack.json").read_text())
+    n_success = round(summary["success_rate"] * 40)
+    assert 0 < n_success < 40  # so the order is tested
+    fooled = (p1 != truth.to(p1.device)).tolist()
+    assert fooled == sorted(fooled, reverse=True) and sum(fooled) == min(4, n_success)
+    assert f"{n_success} of 40 attacks succeeded" in kwargs["title"]
+    assert "->" not in kwargs["title"]
+
+
+def test_stretch_maps_percentiles_to_black_and_white():
+    image = torch.arange(101, dtype=torch.float32).reshape(1, 1, 101)  # 1st percentile 1, 99th 99
+    out = figures._stretch(image[0])
+    assert out.flatten()[1] == 0 and out.flatten()[99] == 1
+    assert out.flatten()[50] == pytest.approx(0.5)
+    assert out.min() == 0 and out.max() == 1  # the tails are clipped
+    flat = torch.full((1, 3, 3), 0.5)
+    assert torch.equal(figures._stretch(flat), flat)
+    low_contrast = viz.render(torch.randn(1, 1, 8, 8))[0]  # the 0.5 + 0.1 z grey
+    assert low_contrast.max() - low_contrast.min() < 0.8
+    stretched = figures._stretch(low_contrast)
+    assert stretched.min() == 0 and stretched.max() == 1
+
+
+def test_grid_stretches_per_image_and_says_so():
+    torch.manual_seed(0)
+    images = 0.5 + 0.05 * torch.randn(3, 1, 6, 6)
+    images[1] = 0.5 + 0.01 * images[1]  # a flatter image is stretched as far as the others
+    fig = figures._grid_figure(images, None)
+    shown = [np.asarray(ax.images[0].get_array()) for ax in fig.axes if ax.images]
+    for k, arr in enumerate(shown):
+        np.testing.assert_allclose(arr, figures._stretch(images[k])[0].numpy(), atol=1e-6)
+        assert arr.min() == 0 and arr.max() == 1
+    assert "contrast stretched per image" in _suptitle(fig)
+    raw = figures._grid_figure(images, None, stretch=False, title="t")
+    np.testing.assert_allclose(np.asarray(raw.axes[0].images[0].get_array()), images[0, 0].numpy(), atol=1e-6)
+    assert _suptitle(raw) == "t"
+    out = images.clone()
+    out[0, 0, 0, 0] = 1.5
+    assert "clipped for display: 1 pixel" in _suptitle(figures._grid_figure(out, None, stretch=False))
+
+
+def test_grid_row_labels():
+    fig = figures._grid_figure(torch.rand(6, 1, 4, 4), None, ncols=3, row_labels=["no prior", "edge-energy prior"])
+    labels = [" ".join(ax.get_ylabel().split()) for ax in fig.axes if ax.get_ylabel()]
+    assert labels == ["no prior", "edge-energy prior"]
+    with pytest.raises(ValueError, match="row_labels has 1 entries but the grid has 2 rows"):
+        figures._grid_figure(torch.rand(6, 1, 4, 4), None, ncols=3, row_labels=["a"])
+
+
+def _overlap(a, b) -> bool:
+    return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
+
+
+@pytest.mark.parametrize("titles", [[f"features.conv2 channel {i}" for i in range(8)],
+                                    [f"features.layer4.1.conv2.weight_{i}" for i in range(4)]])
+def test_grid_titles_do_not_overlap(titles):
+    fig = figures._grid_figure(torch.rand(len(titles), 1, 4, 4), titles, title="t")
+    fig.draw_without_rendering()
+    renderer = fig._get_renderer()
+    boxes = [ax.title.get_window_extent(renderer) for ax in fig.axes if ax.get_title()]
+    assert len(boxes) == len(titles)
+    for i in range(len(boxes)):
+        for j in range(i + 1, len(boxes)):
+            assert not _overlap(boxes[i], boxes[j]), (titles[i], titles[j])
+    # every title is all there, wrapped
+    assert all("\n" in ax.get_title() for ax in fig.axes if ax.get_title())
+    assert "".join(fig.axes[0].get_title().split()) == "".join(titles[0].split())
+
+
+def test_adversarial_titles_do_not_overlap():
+    names = ["American Staffordshire terrier", "golden retriever with a very long name indeed"]
+    fig = figures._adversarial_figure(torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8), [0, 1], [0.9, 0.8], [1, 0],
+                                      [0.7, 0.6], true_labels=[0, 1], class_names=names)
+    fig.draw_without_rendering()
+    renderer = fig._get_renderer()
+    boxes = [ax.title.get_window_extent(renderer) for ax in fig.axes if ax.get_title()]
+    for i in range(len(boxes)):
+        for j in range(i + 1, len(boxes)):
+            assert not _overlap(boxes[i], boxes[j])

@@ -72,20 +72,15 @@ def _predict(model, x):
 
 
 def _robustness(model, images, labels, cfg: DemoConfig, device):
-    # float64 so that the reported budgets read 0.1, not 0.10000000149
-    eps_linf = torch.tensor(cfg.eps_linf, dtype=torch.float64)
-    eps_l2 = torch.tensor(cfg.eps_l2, dtype=torch.float64)
-    # Per-sample eps tensors: robust_accuracy evaluates every budget of an attack
-    # in one call per batch and reports one row per budget.
-    suite = [
-        attacks.FGSM(model, eps_linf),
-        attacks.PGD(model, eps_linf, steps=cfg.pgd_steps, norm="linf", seed=0),
-        attacks.PGD(model, eps_l2, steps=cfg.pgd_steps, norm="l2", seed=0),
-    ]
-    report = robust_accuracy(model, (images, labels), suite, batch_size=512, device=device, progress=False)
+    # budgets=: every budget of a norm in one attack call per batch, one row each
+    linf = [attacks.FGSM(model, 0.1), attacks.PGD(model, 0.1, steps=cfg.pgd_steps, norm="linf", seed=0)]
+    l2 = [attacks.PGD(model, 0.5, steps=cfg.pgd_steps, norm="l2", seed=0)]
+    reports = [robust_accuracy(model, (images, labels), suite, budgets=list(budgets), batch_size=512,
+                               device=device, progress=False)
+               for suite, budgets in ((linf, cfg.eps_linf), (l2, cfg.eps_l2))]
     steps = {"FGSM": 1, "PGD": cfg.pgd_steps}
-    rows = [dict(r, steps=steps.get(r["name"])) for r in report.rows]
-    return report.clean_accuracy, rows
+    rows = [dict(r, steps=steps.get(r["name"])) for rep in reports for r in rep.rows]
+    return reports[0].clean_accuracy, rows
 
 
 def _optimizer_comparison(model, images, labels, cfg: DemoConfig):
@@ -141,7 +136,7 @@ def _visualizations(model, cfg: DemoConfig, device, out: Path):
                                   device=device, **kwargs)
         pred, conf = _predict(model, v.image)
         images.append(v.rendered.cpu())
-        titles += [f"{c}: {100 * float(p):.0f}%" + ("" if int(q) == c else f" ({int(q)})")
+        titles += [f"class {c}: {100 * float(p):.0f}%" + ("" if int(q) == c else f", predicted {int(q)}")
                    for c, q, p in zip(classes, pred, conf)]
         summary[label] = {"predicted_as_target": int((pred.cpu() == torch.tensor(classes)).sum()),
                           "mean_confidence": float(conf.mean()),
@@ -149,7 +144,9 @@ def _visualizations(model, cfg: DemoConfig, device, out: Path):
                           "pixel_std": float(v.image.std()),
                           "mean_edge_energy": float(advx.ops.edge_energy(v.image).mean())}
     path = viz.plot_grid(torch.cat(images), titles, out / "class_visualizations.png", ncols=10,
-                         title="maximize each class logit: " + " / ".join(f"row {i + 1}: {k}" for i, k in enumerate(runs)))
+                         row_labels=list(runs),
+                         title="maximize each class logit from noise (over each image: the target class and "
+                               "the model's confidence in it)")
     return summary, path
 
 
@@ -203,7 +200,8 @@ def _report(results: dict, out: Path) -> str:
         lines += ["Gradient ascent flipped no label, so there is no radius to compare with.", ""]
     lines += ["## Class visualizations", "",
               f"Each image maximizes one class logit from small noise with Adam ({r['viz_steps']} steps), "
-              "minus the edge-energy penalty in the second row, rendered as 0.5 + 0.1 (x - mean) / std; "
+              "minus the edge-energy penalty in the second row (rows labelled at the left), each drawn with "
+              "its own contrast stretch (its 1st and 99th percentiles to black and white) to show its structure; "
               "titles give the model's confidence (and its class when it is not the target).", ""]
     lines += ["| run | predicted as target | mean confidence | mean logit | pixel std | mean edge energy |",
               "|---|---:|---:|---:|---:|---:|"]
@@ -274,10 +272,13 @@ def _run(out: Path, device, cfg: DemoConfig, quick: bool, cache_dir, verbose: bo
     log.section("adversarial_figure", "adversarial examples figure (PGD linf, eps 0.1)")
     res = attacks.PGD(model, 0.1, steps=cfg.pgd_steps, norm="linf", seed=0).run(x_ok[:64], y_ok[:64])
     # the first four images the attack fooled, else whatever it produced
-    pick = torch.cat([res.success.nonzero().flatten(), (~res.success).nonzero().flatten()])[:4]
+    pick = viz.pick_examples(res.success, 4).to(x_ok.device)
     x4, adv = x_ok[pick], res.adv[pick]
     (p0, c0), (p1, c1) = _predict(model, x4), _predict(model, adv)
-    figures.append(viz.plot_adversarial(x4, adv, p0, c0, p1, c1, out / "adversarial_pgd.png").name)
+    figures.append(viz.plot_adversarial(
+        x4, adv, p0, c0, p1, c1, out / "adversarial_pgd.png", true_labels=y_ok[pick],
+        title="PGD L-inf, eps 0.1, on correctly classified test digits\n"
+              + viz.examples_title(res.success, pick.cpu())).name)
     log.done()
 
     log.section("optimizers", "SGD / RMSprop / Adam on a targeted attack")
@@ -293,7 +294,12 @@ def _run(out: Path, device, cfg: DemoConfig, quick: bool, cache_dir, verbose: bo
     if n:
         xs, advs = x_ok[:cfg.sphere_images][ascent.success][:n], ascent.adv[ascent.success][:n]
         (p0, c0), (p1, c1) = _predict(model, xs), _predict(model, advs)
-        figures.append(viz.plot_adversarial(xs, advs, p0, c0, p1, c1, out / "adversarial_ascent.png").name)
+        # GradientAscent keeps pixels in [0, 1] (its default bounds), so nothing is clipped for display
+        figures.append(viz.plot_adversarial(
+            xs, advs, p0, c0, p1, c1, out / "adversarial_ascent.png",
+            true_labels=y_ok[:cfg.sphere_images][ascent.success][:n],
+            title=f"gradient ascent on the loss until the label flips (no budget; pixels kept in [0, 1])\n"
+                  f"the first {n} of {int(ascent.success.sum())} images it flipped").name)
     log.done()
 
     log.section("visualizations", "class visualizations with and without the edge-energy prior")
