@@ -77,7 +77,7 @@ def test_attack_steps_do_not_sync(norm, budget, monkeypatch):
 FLOORS = [
     {"_C", "_validate", "_runtime", "_rng", "_checkpoint", "_distributed", "_accel"},
     {"ops", "reference"},
-    {"optim", "constraints", "prior", "nn"},
+    {"optim", "constraints", "prior", "nn", "quantize"},
     {"attacks", "viz", "data", "models"},
     {"eval", "bench"},  # bench times evaluations too
     {"demo", "__init__"},  # __init__: a name from the package's front door, which imports floors 0-4
