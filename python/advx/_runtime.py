@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 import torch
 
-__all__ = ["eval_mode", "generator", "default_device", "logits_of", "count_passes"]
+__all__ = ["eval_mode", "generator", "default_device", "logits_of", "count_passes", "json_ready"]
 
 
 @contextlib.contextmanager
@@ -84,3 +84,16 @@ def logits_of(model, x: torch.Tensor) -> torch.Tensor:
         raise TypeError(f"model must return logits of shape [{x.shape[0]}, classes] (a tensor, a tuple whose "
                         f"first element is the logits, or an output with `logits`); it returned {what}")
     return out
+
+
+def json_ready(value, key=None):
+    """``value`` for a JSON report: floats at 7 significant digits (float32 holds no
+    more, and 0.05000000074505806 tells the reader nothing), values under an ``eps`` key
+    as the user gave them."""
+    if isinstance(value, dict):
+        return {k: json_ready(v, k) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v, key) for v in value]
+    if isinstance(value, float) and key != "eps" and value == value and abs(value) != float("inf"):
+        return float(f"{value:.7g}")
+    return value

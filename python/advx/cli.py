@@ -13,6 +13,8 @@ import platform
 import sys
 from pathlib import Path
 
+from ._runtime import json_ready
+
 __all__ = ["main", "build_parser"]
 
 
@@ -228,22 +230,10 @@ _RULES = {"numbers": "folder names as class indices", "class names": "folder nam
           "sorted": "sub-folders numbered 0..K-1 in sorted order", "given": "the data set's own labels"}
 
 
-def _tidy(value, key=None):
-    """JSON values at sensible precision: 7 significant digits (float32 holds no more),
-    eps as the user gave it."""
-    if isinstance(value, dict):
-        return {k: _tidy(v, k) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_tidy(v, key) for v in value]
-    if isinstance(value, float) and key != "eps" and value == value and abs(value) != float("inf"):
-        return float(f"{value:.7g}")
-    return value
-
-
 def _write_json(path, obj) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_tidy(obj), indent=2) + "\n")
+    path.write_text(json.dumps(json_ready(obj), indent=2) + "\n")
 
 
 def _add_attack_args(p: argparse.ArgumentParser, *, several_eps: bool, steps_default: str):
@@ -384,7 +374,7 @@ def cmd_attack(args) -> int:
     if png:
         summary["saved_as"] = "8-bit PNG, each image on the 8-bit grid inside its eps ball"
         summary["before_rounding"] = raw
-    summary = _tidy(summary)
+    summary = json_ready(summary)
     print(json.dumps(summary, indent=2))
     if args.out:
         out = Path(args.out)

@@ -16,6 +16,7 @@ import torch
 
 import advx
 from advx import attacks, viz
+from advx._runtime import json_ready
 from advx.bench import format_table, quick_timing
 from advx.data import load_digits
 from advx.eval import random_sphere, robust_accuracy
@@ -314,7 +315,7 @@ def _run(out: Path, device, cfg: DemoConfig, quick: bool, cache_dir, verbose: bo
 
     results["figures"] = figures
     results["seconds"] = dict(log.seconds, total=round(time.perf_counter() - log.t0, 3))
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "results.json").write_text(json.dumps(json_ready(results), indent=2) + "\n")
     _report(results, out)
     if verbose:
         print(f"[{results['seconds']['total']:6.1f}s] wrote {out / 'report.md'}, {out / 'results.json'} "
