@@ -54,3 +54,27 @@ def _seed():
 def digits_cache_dir(tmp_path_factory):
     """One cache directory per test session: the digits CNN is trained once and shared."""
     return tmp_path_factory.getbasetemp() / "advx-cache"
+
+
+def _skip_reason(report):
+    """The reason of a skipped test, one line, without pytest's 'Skipped: ' prefix."""
+    longrepr = report.longrepr
+    reason = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+    reason = reason.strip().splitlines()[0] if reason.strip() else "no reason given"
+    return reason[len("Skipped: "):] if reason.startswith("Skipped: ") else reason
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    # Skips are counted by reason, one line each (pyproject's addopts has no `-rs`, which
+    # lists every skipped test: ~100 lines of "cuda not available" on a machine without a
+    # GPU). Where `-rs`/`-ra` is given, pytest's own list is shown as well.
+    skipped = terminalreporter.stats.get("skipped", [])
+    if not skipped:
+        return
+    counts = {}
+    for report in skipped:
+        reason = _skip_reason(report)
+        counts[reason] = counts.get(reason, 0) + 1
+    terminalreporter.section(f"{len(skipped)} skipped, by reason", sep="-")
+    for reason, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+        terminalreporter.write_line(f"skipped {n:4d}: {reason}")

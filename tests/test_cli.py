@@ -267,6 +267,8 @@ def test_bench_eval_quick(capsys, digits_cache_dir, monkeypatch):
     assert code == 0
     assert "| digits CNN | 100 images, 20 steps, 200 queries | advx.eval.evaluate |" in out
     assert "torchattacks 3.5.1 cascade" in out
+    # each cheaper-pass option timed alone (its share of the speed-up)
+    assert "advx.eval.evaluate, amp='bf16'" in out and "advx.eval.evaluate, channels_last=True" in out
 
 
 def test_version(capsys):

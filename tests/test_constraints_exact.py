@@ -58,7 +58,7 @@ def test_iterates_match_torch_then_exact_projection(name, norm, layout, device):
         theirs.step()
         onto_reference_(their_x, x0, eps, norm, lo, hi)
         assert bool((sizes(ours_x.detach(), x0, norm) <= eps).all())
-        assert float(ours_x.min()) >= lo and float(ours_x.max()) <= hi
+        assert float(ours_x.detach().min()) >= lo and float(ours_x.detach().max()) <= hi
     assert_close(ours_x.detach(), their_x.detach(), rtol=1e-7, atol=1e-8)
 
 

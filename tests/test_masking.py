@@ -100,12 +100,12 @@ def test_robust_accuracy_counts_and_warns_once():
     assert "zero grad" in str(report)
 
 
-def test_robust_accuracy_counts_per_budget_of_a_tensor_eps():
+def test_robust_accuracy_counts_per_budget():
     x = images(4)
     labels = torch.zeros(4, dtype=torch.long)
-    atk = advx.attacks.PGD(Constant(), torch.tensor([0.1, 0.1, 0.2, 0.2]), steps=2)
+    atk = advx.attacks.PGD(Constant(), 0.1, steps=2)
     with pytest.warns(GradientMaskingWarning):
-        report = robust_accuracy(Constant(), (x, labels), [atk], progress=False)
+        report = robust_accuracy(Constant(), (x, labels), [atk], budgets=[0.1, 0.2], progress=False)
     assert [r["zero_grad"] for r in report.rows] == [4, 4]
 
 

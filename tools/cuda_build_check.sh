@@ -4,11 +4,14 @@
 # a plain `pip install --no-build-isolation .` of the working tree into it, then
 # tools/check_cuda_build.py (build_info, a CUDA kernel for every op, the archs in the
 # binary) and the test suite against that build (CUDA tests skip: no GPU here).
-# Without nvcc it skips, saying so. Settings: CUDA_VENV, CUDA_TORCH_SPEC; DEPS (required).
+# Without nvcc it skips, saying so. Settings: CUDA_VENV, CUDA_TORCH_SPEC; DEPS (required);
+# TORCHVISION (installed in the same pip command as torch, so pip picks the one built for
+# that torch: torchvision 0.26 for torch 2.11; empty: none).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${CUDA_VENV:-.venv-cuda}
 TORCH_SPEC=${CUDA_TORCH_SPEC:-torch==2.11.0}
+TORCHVISION=${TORCHVISION-torchvision>=0.17}
 DEPS=${DEPS:?set DEPS to the build and test dependencies (make cuda-check passes those of the Makefile)}
 
 if ! command -v nvcc > /dev/null && [ ! -x /usr/local/cuda/bin/nvcc ]; then
@@ -16,13 +19,17 @@ if ! command -v nvcc > /dev/null && [ ! -x /usr/local/cuda/bin/nvcc ]; then
   exit 0
 fi
 t0=$(date +%s)
-stamp="$VENV/.advx-deps-$(echo "$TORCH_SPEC $DEPS" | md5sum | cut -c1-8)"
+stamp="$VENV/.advx-deps-$(echo "$TORCH_SPEC $TORCHVISION $DEPS" | md5sum | cut -c1-8)"
 if [ ! -f "$stamp" ]; then
-  echo "cuda-check: venv $VENV with $TORCH_SPEC"
+  echo "cuda-check: venv $VENV with $TORCH_SPEC${TORCHVISION:+ and its torchvision}"
   test -x "$VENV/bin/python" || python3 -m venv "$VENV"
-  "$VENV/bin/python" -m pip install -q --upgrade pip
-  "$VENV/bin/python" -m pip install -q "$TORCH_SPEC" $DEPS
-  "$VENV/bin/python" -m pip install -q --no-deps torchattacks==3.5.1
+  "$VENV/bin/python" -m pip install -qq --upgrade pip
+  "$VENV/bin/python" -m pip install -qq --no-warn-conflicts "$TORCH_SPEC" ${TORCHVISION:+"$TORCHVISION"} $DEPS
+  "$VENV/bin/python" -m pip install -qq --no-deps torchattacks==3.5.1
+  if [ -n "$TORCHVISION" ] && ! "$VENV/bin/python" -c "import torchvision" 2> /dev/null; then
+    echo "cuda-check: torchvision does not load with $TORCH_SPEC: uninstalled, its tests skip"
+    "$VENV/bin/python" -m pip uninstall -q -y torchvision
+  fi
   touch "$stamp"
 fi
 "$VENV/bin/python" -c "import torch, sys; sys.exit(0 if torch.version.cuda else \
@@ -30,7 +37,7 @@ fi
 t1=$(date +%s)
 echo "cuda-check: building advx against $("$VENV/bin/python" -c 'import torch; print(torch.__version__)') ($((t1 - t0)) s so far)"
 # Its own build directory: the editable CPU build keeps build/<wheel tag>.
-"$VENV/bin/python" -m pip install -q --no-build-isolation --no-deps -C build-dir=build/cuda-check .
+"$VENV/bin/python" -m pip install -qq --no-build-isolation --no-deps -C build-dir=build/cuda-check .
 t2=$(date +%s)
 echo "cuda-check: built in $((t2 - t1)) s"
 # Run from outside the tree so `import advx` is the installed CUDA build.

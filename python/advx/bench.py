@@ -231,8 +231,11 @@ def eval_timing(device="cpu", *, quick: bool = False, repeats: int = 1, batch_si
     """Rows {case, size, impl, seconds, robust_accuracy, forward_backward, forward,
     speedup_of_advx}: advx.eval.evaluate (APGD-CE, APGD-T, Square; early exit on and off)
     against torchattacks' same cascade (when importable) on the digits test set, for the
-    digits CNN and a PGD-trained copy, L-inf eps 0.1; then PGD-100 with and without early
-    exit on the digits CNN at an eps where most points fall."""
+    digits CNN and a PGD-trained copy, L-inf eps 0.1, and on the digits CNN each of
+    amp="bf16", channels_last and (not quick) compile alone; then PGD-100 with and without
+    early exit on the digits CNN at an eps where most points fall. ``speedup_of_advx``:
+    the row's time over default advx's (torchattacks, early_exit=False), or for an option
+    row the same ratio, so under 1 means the option made the evaluation faster."""
     from .attacks import APGD, APGDT, PGD, Square
     from .data import load_digits
     from .eval import evaluate
@@ -271,6 +274,12 @@ def eval_timing(device="cpu", *, quick: bool = False, repeats: int = 1, batch_si
         ours = advx_row(name, size, "advx.eval.evaluate", cascade(), EVAL_EPS)
         off = advx_row(name, size, "advx.eval.evaluate, early_exit=False", cascade(), EVAL_EPS, early_exit=False)
         off["speedup_of_advx"] = off["seconds"] / ours["seconds"]
+        if model is plain:  # each cheaper-pass option alone: its share of the speed-up (ratio < 1: it helps)
+            options = [{"amp": "bf16"}, {"channels_last": True}] + ([] if quick else [{"compile": True}])
+            for option in options:
+                (key, value), = option.items()
+                row = advx_row(name, size, f"advx.eval.evaluate, {key}={value!r}", cascade(), EVAL_EPS, **option)
+                row["speedup_of_advx"] = row["seconds"] / ours["seconds"]
         if ta is not None:
             t_ta, (acc, fb, fw) = timed(lambda: torchattacks_cascade(ta, model, x, y, steps, queries, 0), device,
                                         repeats)
