@@ -409,7 +409,7 @@ def cmd_attack(args) -> int:
 
 
 def _class_text(k: int, names) -> str:
-    return f"{k} ({names[k]})" if names else str(k)
+    return f"{k} ({names[k]})" if names and names[k] != str(k) else str(k)
 
 
 def _ready(path: Path) -> Path:
