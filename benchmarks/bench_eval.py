@@ -48,7 +48,8 @@ def main(argv=None) -> int:
             f"torch {meta['torch']}, {meta['date']}, batch size {args.batch_size})\n\n" + format_eval_table(rows)
             + "\n\nSample-passes: one sample through the model once (forward-backward: with the input gradient). "
             "\"speedup of advx\" is torchattacks' time over advx's; on the early_exit=False rows it is their time "
-            "over advx's with early exit, the saving of early exit alone.\n\n"
+            "over advx's with early exit, the saving of early exit alone; on the amp / channels_last / compile rows "
+            "it is that row's time over default advx's, so under 1x means the option alone made the evaluation faster.\n\n"
             "## Where the time goes (torch.profiler, each attack alone on the clean points)\n\n"
             + format_profile_table(profile) + "\n")
     rows = rows + [{"profile": r} for r in profile]

@@ -283,3 +283,12 @@ def test_readme_commands_run_offline_as_written(tmp_path, fake_torchvision, phot
         code, out, err = _advx(argv, env, cwd=tmp_path)
         assert code == 0, f"{command}\n{err}"
         assert "Traceback" not in err
+
+
+def test_readme_python_example_runs_verbatim(tmp_path, monkeypatch, digits_cache_dir):
+    text = (ROOT / "README.md").read_text()
+    code = text.split("## Example", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ADVX_CACHE_DIR", str(digits_cache_dir))
+    exec(compile(code, "README.md", "exec"), {"__name__": "__readme__"})
+    assert (tmp_path / "classes.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
