@@ -174,6 +174,15 @@ def test_class_folders_named_by_the_models_class_names(named_folders, tmp_path, 
     code, out, err = _run(capsys, "attack", "--model", str(named), "--images", str(named_folders), "--grayscale",
                           "--eps", "0.05", "--steps", "2")
     assert code == 0 and json.loads(out)["clean_accuracy"] >= 0.9 and "warning" not in err
+    # three images in made-up sorted folders are enough to say so
+    few = tmp_path / "few"
+    for name in ("cat", "dog"):
+        (few / name).mkdir(parents=True)
+    for f in sorted((named_folders / "two").glob("*.png"))[:3]:
+        (few / "dog" / f.name).write_bytes(f.read_bytes())  # 'dog' is label 1: the model says 2
+    code, out, err = _run(capsys, "eval", "--model", str(plain), "--images", str(few), "--grayscale",
+                          "--eps", "0.05", "--attacks", "fgsm")
+    assert code == 0 and "warning: clean accuracy 0.0000" in err
 
 
 def test_saved_pngs_hold_the_budget_and_the_report_describes_them(tmp_path, capsys, digits_cache_dir):
