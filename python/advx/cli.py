@@ -29,7 +29,7 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
-def _number(kind, *, low=None, above=None, what=""):
+def _number(kind, *, low=None, above=None):
     """An argparse type: an int or a finite float, at least ``low`` / above ``above``."""
     import math
 
@@ -42,9 +42,9 @@ def _number(kind, *, low=None, above=None, what=""):
         if kind is float and not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"must be finite, got {text!r}")
         if low is not None and value < low:
-            raise argparse.ArgumentTypeError(f"must be >= {low}{what}, got {text}")
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {text}")
         if above is not None and not value > above:
-            raise argparse.ArgumentTypeError(f"must be > {above}{what}, got {text}")
+            raise argparse.ArgumentTypeError(f"must be > {above}, got {text}")
         return value
 
     parse.__name__ = "int" if kind is int else "float"  # what argparse names in its messages
@@ -128,9 +128,9 @@ def _one_line(e: BaseException) -> str:
 class _Data:
     """What an attack or an evaluation runs on, and how its labels came about."""
 
-    def __init__(self, images, labels, files, known: bool, rule: str, names, predicted):
+    def __init__(self, images, labels, files, known: bool, rule: str, names, predicted, classes: int):
         self.images, self.labels, self.files, self.known = images, labels, files, known
-        self.rule, self.class_names, self.predicted = rule, names, predicted
+        self.rule, self.class_names, self.predicted, self.classes = rule, names, predicted, classes
 
     @property
     def clean_accuracy(self) -> float:
@@ -182,8 +182,8 @@ def _load_data(args, model, device) -> _Data:
         predicted = torch.cat([model(images[i:i + args.batch_size]).argmax(1)
                                for i in range(0, len(images), args.batch_size)])
     labels = predicted if labels is None else labels.to(device)
-    data = _Data(images, labels, files, known, rule, names, predicted)
-    _check_labels(args, data, logits.shape[1])
+    data = _Data(images, labels, files, known, rule, names, predicted, logits.shape[1])
+    _check_labels(args, data)
     return data
 
 
@@ -209,11 +209,12 @@ def _fitting(model, images):
                    "check --size and --grayscale")
 
 
-def _check_labels(args, data: _Data, classes: int) -> None:
+def _check_labels(args, data: _Data) -> None:
     """Labels outside the model's classes are an error; labels the model almost never
     agrees with (folders cat/ dog/ numbered 0, 1 against an ImageNet model) a warning."""
     if not data.known:
         return
+    classes = data.classes
     top = int(data.labels.max())
     if top >= classes:
         raise CLIError(f"--images: label {top} (from the folder names, {_RULES[data.rule]}) is not a class of "
@@ -232,9 +233,7 @@ _RULES = {"numbers": "folder names as class indices", "class names": "folder nam
 
 
 def _write_json(path, obj) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(json_ready(obj), indent=2) + "\n")
+    _ready(Path(path)).write_text(json.dumps(json_ready(obj), indent=2) + "\n")
 
 
 def _add_attack_args(p: argparse.ArgumentParser, *, several_eps: bool, steps_default: str):
@@ -334,10 +333,9 @@ def cmd_attack(args) -> int:
     eps = _default_eps(args)
     targeted = args.target_class is not None
     if targeted:
-        with torch.no_grad():
-            classes = model(images[:1]).shape[1]
-        if args.target_class >= classes:
-            raise CLIError(f"--target-class {args.target_class}: the model has {classes} classes (0..{classes - 1})")
+        if args.target_class >= data.classes:
+            raise CLIError(f"--target-class {args.target_class}: the model has {data.classes} classes "
+                           f"(0..{data.classes - 1})")
         goal = torch.full_like(labels, args.target_class)
     else:
         goal = labels
@@ -346,7 +344,7 @@ def cmd_attack(args) -> int:
             atk = attacks.FGSM(model, eps, norm=args.norm, targeted=targeted)
         else:
             atk = attacks.PGD(model, eps, alpha=args.alpha, steps=args.steps or 10, norm=args.norm,
-                              seed=0 if args.seed is None else args.seed, targeted=targeted,
+                              seed=_seed(args), targeted=targeted,
                               optimizer=args.optimizer, lr=args.lr)
     except (TypeError, ValueError, RuntimeError) as e:
         raise CLIError(_one_line(e)) from None

@@ -219,8 +219,7 @@ def _load_state_dict(model: nn.Module, path: str) -> None:
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
-        first = str(e).strip().splitlines()
-        raise ValueError(f"weights: {path} does not fit the model: {' '.join(l.strip() for l in first[:3])}") from None
+        raise ValueError(f"weights: {path} does not fit the model: {e}") from None
 
 
 def _is_torchscript(path: str) -> bool:
