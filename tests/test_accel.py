@@ -273,3 +273,29 @@ def test_evaluate_under_bf16_autocast_keeps_float32_examples_inside_the_budget()
     assert float(adv.min()) >= 0 and float(adv.max()) <= 1
     assert abs(ev.robust_accuracy - ref.robust_accuracy) <= 0.1
     assert attacks[0].model is model  # the caller's attack objects are not changed
+
+
+def test_evaluate_counts_the_float32_models_verdicts_not_bfloat16s():
+    """Under amp only the search runs in bfloat16: clean accuracy and each success are
+    the model's own (float32) verdicts. Here bfloat16 rounding decides the class of most
+    samples (two logits 1e-3 apart around a large common part), float32 gets every one
+    right, and an attack of negligible size changes no float32 verdict."""
+    from advx.attacks import FGSM
+    from advx.eval import evaluate
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 2)).eval()
+    with torch.no_grad():
+        model[1].weight[1] = model[1].weight[0]
+        model[1].weight[1, 0] += 1e-3  # logit 1 - logit 0 = 1e-3 * (x[0] - 0.5)
+        model[1].bias[1] = model[1].bias[0] - 5e-4
+    x = torch.rand(200, 1, 8, 8)
+    x[:, 0, 0, 0] = torch.where(torch.rand(200) < 0.5, 0.25, 0.75)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y_bf16 = model(x).argmax(1)
+    assert int((y_bf16 != y).sum()) >= 20  # the premise: bfloat16 gets many wrong
+    ev = evaluate(model, (x, y), 1e-6, attacks=[FGSM(model, 1e-6)], amp="bf16", progress=False, batch_size=64)
+    assert ev.clean_accuracy == 1.0
+    assert ev.robust_accuracy == 1.0

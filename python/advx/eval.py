@@ -547,7 +547,10 @@ def evaluate(model, data, eps, norm: str = "linf", attacks=DEFAULT_EVAL_ATTACKS,
     autocast (the perturbation and the returned examples stay float32, inside the
     budget); ``compile=True`` runs it through ``torch.compile`` (eager, with a warning,
     when it does not compile); ``channels_last=True`` gives a convolutional model its
-    inputs channels-last. The caller's model is never changed.
+    inputs channels-last. The caller's model is never changed. Only the attacks' search
+    runs the faster model: clean accuracy and whether an attack's example fools the
+    model are decided by the model as given (float32, eager), so a success that exists
+    only in bfloat16 is not counted, and that sample goes on to the next attack.
 
     ``checkpoint``: a file path. The per-sample results are written there after every
     chunk (atomically: a temporary file, then a rename), and a rerun with the same
@@ -582,7 +585,6 @@ def evaluate(model, data, eps, norm: str = "linf", attacks=DEFAULT_EVAL_ATTACKS,
             raise ValueError(f"attack {name} is targeted; the evaluation needs untargeted attacks")
     loader = _loader(data, batch_size)
     device = torch.device(device) if device is not None else default_device(model)
-    fast = model  # what the attacks run: the model, or advx._accel's faster wrapper of it
     rank, ranks = _distributed.world()
     first_index = 0  # dataset index of this process's first sample
     if ranks > 1:
@@ -604,7 +606,7 @@ def evaluate(model, data, eps, norm: str = "linf", attacks=DEFAULT_EVAL_ATTACKS,
                 if checkpoint is not None:
                     want = _checkpoint.fingerprint(model, x[:1], y[:1], _length(loader), eps, norm, named, seed)
                 if amp is not None or compile or channels_last:
-                    named, fast = _accelerated(model, named, x[:8], amp=amp, compile=compile,
+                    named = _accelerated(model, named, x[:8], amp=amp, compile=compile,
                                                channels_last=channels_last, notes=notes)
                 if resume is not None:
                     _checkpoint.check(resume, want, checkpoint)
@@ -613,11 +615,11 @@ def evaluate(model, data, eps, norm: str = "linf", attacks=DEFAULT_EVAL_ATTACKS,
                     zero, bad, notes = int(resume["zero"]), int(resume["bad"]), list(resume["notes"])
                 else:
                     with torch.no_grad():
-                        notes += _model_checks(fast, x, logits_of(fast, x))
+                        notes += _model_checks(model, x, logits_of(model, x))
                 continue
-            with torch.no_grad():
-                logits = logits_of(fast, x)
-            ok, still, by, dist, z, b = _attack_batch(fast, named, x, y, logits, positions, batch_size=batch_size,
+            with torch.no_grad():  # the verdicts are the model's own, not its faster stand-in's
+                logits = logits_of(model, x)
+            ok, still, by, dist, z, b = _attack_batch(model, named, x, y, logits, positions, batch_size=batch_size,
                                                       early_exit=early_exit, seconds=seconds,
                                                       bar=None if isinstance(bar, _NoBar) else bar)
             zero, bad = zero + z, bad + b
@@ -667,8 +669,8 @@ def evaluate(model, data, eps, norm: str = "linf", attacks=DEFAULT_EVAL_ATTACKS,
 
 def _accelerated(model, named, example, *, amp, compile, channels_last, notes):
     """The attacks of ``named`` that run ``model`` made to run advx._accel's faster model
-    instead (copies: the caller's attack objects are not changed), and that model;
-    ``example``: a few inputs for the compile trial."""
+    instead (copies: the caller's attack objects are not changed); ``example``: a few
+    inputs for the compile trial."""
     import copy
 
     from ._accel import accelerate
@@ -682,4 +684,4 @@ def _accelerated(model, named, example, *, amp, compile, channels_last, notes):
             atk = copy.copy(atk)
             atk.model = fast
         out.append((name, atk))
-    return out, fast
+    return out
