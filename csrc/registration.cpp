@@ -28,6 +28,10 @@ TORCH_LIBRARY(advx, m) {
       "apgd_step_(Tensor(a!) x_adv, Tensor(b!) x_prev, Tensor grad, Tensor x_orig, Tensor eps, "
       "Tensor step_size, float alpha, str norm, float lo, float hi) -> ()");
 
+  // random/: the [B, count] int64 hashes in [0, 2**32) behind advx._rng's per-sample random
+  // numbers: element (b, j) depends only on (key, indices[b], draws[b], j).
+  m.def("sample_bits(Tensor indices, Tensor draws, int key, int count) -> Tensor");
+
   // edge_energy/: [B, C, H, W] -> [B]; the backward is its own fused op.
   m.def("edge_energy(Tensor x) -> Tensor");
   m.def("edge_energy_backward(Tensor grad_energy, Tensor x) -> Tensor");
@@ -65,8 +69,9 @@ TORCH_LIBRARY(advx, m) {
 namespace {
 
 // Every op defined above (tests/test_boundaries.py checks that none is missing).
-constexpr const char* kOps[] = {"project_", "pgd_step_", "project_onto_", "apgd_step_", "edge_energy", "edge_energy_backward",
-                                "sgd_step_", "adagrad_step_", "rmsprop_step_", "adam_step_"};
+constexpr const char* kOps[] = {"project_",    "pgd_step_",   "project_onto_", "apgd_step_",
+                                "sample_bits", "edge_energy", "edge_energy_backward",
+                                "sgd_step_",   "adagrad_step_", "rmsprop_step_", "adam_step_"};
 
 void throw_if_sparse(const at::Tensor& t, const std::string& name) {
   TORCH_CHECK_TYPE(!t.defined() || t.layout() == at::kStrided, name, " has layout ", t.layout(),

@@ -6,7 +6,8 @@ float32/float64/float16/bfloat16, on vector-path, odd-length, misaligned and mul
 inputs; the optimizers with no constraint, a box, L-inf and L2 balls (around the origin
 and around centers), with an lr tensor, GradScaler's grad_scale/found_inf (also a
 skipped step), every rule variant (momentum, nesterov, centered, amsgrad) and more than
-24 tensors in one call (a second chunk table); edge_energy forward and backward.
+24 tensors in one call (a second chunk table); edge_energy forward and backward;
+sample_bits (empty, one element, odd and multi-block sizes, strided draws).
 
     compute-sanitizer --tool memcheck --error-exitcode 1 python3 tools/cuda_sanitize_driver.py
     python3 tools/cuda_sanitize_driver.py --device cpu     # dry run of the same calls on the CPU
@@ -205,6 +206,14 @@ def build_calls(device: str, big: bool):
                 (grad2,) = torch.autograd.grad(grad.sum(), x)  # edge_energy_backward's own backward
                 return grad2
             calls.append((f"edge_energy fwd+bwd+bwd2 {dname} {sname}", edge))
+
+    # ------------------------------------------------------------ sample_bits
+    for rows, count in ((0, 3), (1, 1), (7, 13), (3, 70_001)):  # empty, one, odd, multi-block
+        def bits(rows=rows, count=count):
+            indices = torch.randint(0, 2 ** 62, (rows,), device=device)
+            draws = torch.randint(-2 ** 40, 2 ** 40, (2 * rows,), device=device)[::2]  # strided
+            return ops.sample_bits(indices, draws, 0x12345678, count)
+        calls.append((f"sample_bits {rows}x{count}", bits))
     return calls
 
 

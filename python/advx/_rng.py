@@ -6,9 +6,9 @@ element's position in the sample). Nothing is drawn from a stream that the batch
 so a sample gets the same numbers whatever the batch size, whichever samples share its
 batch, in whatever order the data comes and on however many processes it is split.
 
-The hash is Wellons' "lowbias32" on 32-bit values held in int64 tensors (the products
-are split so that no int64 product overflows): integer operations only, so the bits are
-the same on every device. Uniform numbers carry 24 bits.
+The hash is Wellons' "lowbias32" on 32-bit values, computed by the fused op
+``advx::sample_bits`` (twin: advx.reference.sample_bits): integer operations only, so
+the bits are the same on every device. Uniform numbers carry 24 bits.
 """
 from __future__ import annotations
 
@@ -22,22 +22,14 @@ __all__ = ["SampleRandom"]
 _MASK = 0xFFFFFFFF
 
 
-def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
-    """(x * c) mod 2^32 for x in [0, 2^32) held in int64, without overflowing int64."""
-    lo, hi = c & 0xFFFF, c >> 16
-    return (x * lo + (((x * hi) & 0xFFFF) << 16)) & _MASK
-
-
-def _mix(x: torch.Tensor) -> torch.Tensor:
-    x = x ^ (x >> 16)
-    x = _mul32(x, 0x7FEB352D)
-    x = x ^ (x >> 15)
-    x = _mul32(x, 0x846CA68B)
-    return x ^ (x >> 16)
-
-
 def _mix_int(v: int) -> int:
-    return int(_mix(torch.tensor([v & _MASK], dtype=torch.int64))[0])
+    """lowbias32 on a Python int's low 32 bits (advx.reference.sample_bits' mix)."""
+    x = v & _MASK
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & _MASK
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & _MASK
+    return x ^ (x >> 16)
 
 
 class SampleRandom:
@@ -53,31 +45,21 @@ class SampleRandom:
         self.indices = indices.to(torch.int64)
         key = _mix_int(int(seed) & _MASK) ^ _mix_int(int(seed) >> 32) ^ zlib.crc32(stream.encode())
         self._key = _mix_int(key)
-        self._positions = {}  # count -> hashed element positions, shared with the subsets
 
     def subset(self, rows: torch.Tensor) -> "SampleRandom":
         """The same generator for the samples at ``rows`` of this batch."""
         other = object.__new__(SampleRandom)
-        other.indices, other._key, other._positions = self.indices[rows], self._key, self._positions
+        other.indices, other._key = self.indices[rows], self._key
         return other
 
     def _bits(self, draw, count: int) -> torch.Tensor:
         """[B, count] 32-bit hashes; ``draw`` an int or a [B] tensor (one draw per row)."""
         idx = self.indices
         if isinstance(draw, torch.Tensor):
-            # the same hash as _mix_int's, on every row's own draw
-            drawn = _mix(self._key ^ _mix(draw.to(device=idx.device, dtype=torch.int64) & _MASK))
+            draws = draw.to(device=idx.device, dtype=torch.int64).expand(idx.shape[0])
         else:
-            drawn = _mix_int(self._key ^ _mix_int(draw))
-        per_sample = _mix(_mix((idx & _MASK) ^ drawn) ^ (idx >> 32))
-        # the hashed element positions do not depend on the draw: hashed once per generator,
-        # as an attack drawing a few numbers per query (Square) would spend a hash on them
-        # every time
-        pos = self._positions.get(count)
-        if pos is None or pos.device != idx.device:
-            pos = torch.arange(count, device=idx.device, dtype=torch.int64)
-            pos = self._positions[count] = _mix(pos + 0x9E3779B9 & _MASK)
-        return _mix(per_sample[:, None] ^ pos[None, :])
+            draws = torch.full((idx.shape[0],), int(draw), dtype=torch.int64, device=idx.device)
+        return torch.ops.advx.sample_bits.default(idx, draws, self._key, count)
 
     def uniform(self, shape, draw=0, *, dtype=torch.float32) -> torch.Tensor:
         """Uniform in (0, 1), [B, *shape]."""
