@@ -85,6 +85,26 @@ def apgd_cases(device: str, quick: bool) -> list[dict]:
     return rows
 
 
+def random_cases(device: str, quick: bool) -> list[dict]:
+    """sample_bits (advx._rng's per-sample hash) against its eager reference and
+    torch.compile of it: Square's draw per query (a few numbers per sample of a working
+    batch) and a random start (a number per element of every sample)."""
+    rows = []
+    shapes = [(256, 3), (256, 784)] + ([] if quick else [(4096, 3 * 32 * 32)])
+    ref = _compiled(reference.sample_bits)
+    for batch, count in shapes:
+        indices = torch.randint(0, 1 << 40, (batch,), device=device)
+        draws = torch.randint(0, 5000, (batch,), device=device)
+        key = 0x2545F491
+        nbytes = 8 * batch * count  # the int64 bits written
+        rows += compare("sample_bits", f"{batch}x{count}", {
+            "advx": lambda: ops.sample_bits(indices, draws, key, count),
+            "eager reference": lambda: reference.sample_bits(indices, draws, key, count),
+            "torch.compile(reference)": lambda: ref(indices, draws, key, count),
+        }, device, nbytes=nbytes, copy=copy_gbps(nbytes, device))
+    return rows
+
+
 def markdown(rows: list[dict], meta: dict) -> str:
     lines = [f"# advx benchmark: {meta['device_name']}", "",
              f"torch {meta['torch']}, advx {meta['advx']}, {meta['date']}; medians of repeated runs, "
@@ -103,16 +123,18 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--quick", action="store_true", help="fewer sizes")
-    p.add_argument("--only", choices=["pgd", "apgd", "edge", "optim"], action="append",
+    p.add_argument("--only", choices=["pgd", "apgd", "random", "edge", "optim"], action="append",
                    help="run only these groups (repeatable)")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     args = p.parse_args(argv)
-    groups = args.only or ["pgd", "apgd", "edge", "optim"]
+    groups = args.only or ["pgd", "apgd", "random", "edge", "optim"]
     rows = []
     if "pgd" in groups:
         rows += pgd_cases(args.device, args.quick)
     if "apgd" in groups:
         rows += apgd_cases(args.device, args.quick)
+    if "random" in groups:
+        rows += random_cases(args.device, args.quick)
     if "edge" in groups:
         rows += bench_edge.run(device=args.device, quick=args.quick)
     if "optim" in groups:

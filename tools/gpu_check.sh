@@ -27,8 +27,9 @@
 #   GPU_CHECK_PYTEST_WORKERS pytest-xdist workers for the suite (default 4, 0: none);
 #                        each worker gets nproc/workers CPU threads
 #   GPU_CHECK_SANITIZER_ARGS extra compute-sanitizer arguments (e.g. a kernel filter)
-#   GPU_CHECK_BENCH_OPS_ARGS bench_ops.py arguments (default "--only pgd": its edge and
-#                        optim groups are what bench_edge.py and bench_optim.py run)
+#   GPU_CHECK_BENCH_OPS_ARGS bench_ops.py arguments (default "--only pgd --only apgd
+#                        --only random": its edge and optim groups are what bench_edge.py
+#                        and bench_optim.py run)
 # Exit status: 0 when every step passed, 1 when one failed, timed out or was skipped
 # for time, 2 when there is no GPU (nothing is run).
 set -uo pipefail
@@ -195,7 +196,7 @@ if want bench; then
   BENCH=$WORK/bench
   mkdir -p "$BENCH"
   # shellcheck disable=SC2086
-  step bench-ops 300 "$PY" benchmarks/bench_ops.py --device cuda ${GPU_CHECK_BENCH_OPS_ARGS:---only pgd} --out "$BENCH"
+  step bench-ops 300 "$PY" benchmarks/bench_ops.py --device cuda ${GPU_CHECK_BENCH_OPS_ARGS:---only pgd --only apgd --only random} --out "$BENCH"
   step bench-optim 300 "$PY" benchmarks/bench_optim.py --device cuda --out "$BENCH"
   # bench_edge.py has no output flag: it writes benchmarks/results/edge_energy_cuda.{json,md}
   if step bench-edge 300 "$PY" benchmarks/bench_edge.py --device cuda; then

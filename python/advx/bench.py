@@ -196,9 +196,11 @@ class _ThroughLogitsOf(torch.nn.Module):
         return logits_of(self.model, x)
 
 
-def torchattacks_cascade(ta, model, x, y, steps: int, queries: int, seed: int):
-    """torchattacks' APGD-CE, APGD-T and Square, each on the points still robust: (robust
-    accuracy, forward-backward sample-passes, forward sample-passes)."""
+def torchattacks_cascade(ta, model, x, y, steps: int, queries: int, seed: int, batch_size: int):
+    """torchattacks' APGD-CE, APGD-T and Square, each on the points still robust, in
+    batches of ``batch_size`` (as AutoAttack's ``bs``: the same working batch as advx's
+    evaluate is given): (robust accuracy, forward-backward sample-passes, forward
+    sample-passes)."""
     counted = _ThroughLogitsOf(model).eval()
     with count_passes() as passes:
         with torch.no_grad():
@@ -206,12 +208,10 @@ def torchattacks_cascade(ta, model, x, y, steps: int, queries: int, seed: int):
         for atk in (ta.APGD(counted, norm="Linf", eps=EVAL_EPS, steps=steps, n_restarts=1, loss="ce", seed=seed),
                     ta.APGDT(counted, norm="Linf", eps=EVAL_EPS, steps=steps, n_restarts=1, seed=seed),
                     ta.Square(counted, norm="Linf", eps=EVAL_EPS, n_queries=queries, n_restarts=1, seed=seed)):
-            idx = robust.nonzero()[:, 0]
-            if idx.numel() == 0:
-                break
-            adv = atk(x[idx], y[idx])
-            with torch.no_grad():
-                robust[idx] = counted(adv).argmax(1) == y[idx]
+            for idx in robust.nonzero()[:, 0].split(batch_size):
+                adv = atk(x[idx], y[idx])
+                with torch.no_grad():
+                    robust[idx] = counted(adv).argmax(1) == y[idx]
     return float(robust.float().mean()), passes.forward_backward, passes.forward
 
 
@@ -281,8 +281,8 @@ def eval_timing(device="cpu", *, quick: bool = False, repeats: int = 1, batch_si
                 row = advx_row(name, size, f"advx.eval.evaluate, {key}={value!r}", cascade(), EVAL_EPS, **option)
                 row["speedup_of_advx"] = row["seconds"] / ours["seconds"]
         if ta is not None:
-            t_ta, (acc, fb, fw) = timed(lambda: torchattacks_cascade(ta, model, x, y, steps, queries, 0), device,
-                                        repeats)
+            t_ta, (acc, fb, fw) = timed(lambda: torchattacks_cascade(ta, model, x, y, steps, queries, 0, batch_size),
+                                        device, repeats)
             rows.append({"case": name, "size": size, "impl": "torchattacks 3.5.1 cascade", "seconds": t_ta,
                          "robust_accuracy": acc, "forward_backward": fb, "forward": fw,
                          "speedup_of_advx": t_ta / ours["seconds"]})
