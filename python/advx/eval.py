@@ -607,7 +607,7 @@ def evaluate(model, data, eps, norm: str = "linf", attacks=DEFAULT_EVAL_ATTACKS,
                     want = _checkpoint.fingerprint(model, x[:1], y[:1], _length(loader), eps, norm, named, seed)
                 if amp is not None or compile or channels_last:
                     named = _accelerated(model, named, x[:8], amp=amp, compile=compile,
-                                               channels_last=channels_last, notes=notes)
+                                         channels_last=channels_last, notes=notes)
                 if resume is not None:
                     _checkpoint.check(resume, want, checkpoint)
                     clean, robust = [resume["clean"]], [resume["robust"]]
