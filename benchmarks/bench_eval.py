@@ -5,9 +5,14 @@ way (each on the points the previous ones did not fool), with the same steps, ta
 restarts, queries and seed, on the digits test set (L-inf eps 0.1):
 
 - the digits CNN (advx.models, trained and cached on first use),
-- the same CNN made robust by a few epochs of L-inf PGD training (done here, seeded).
+- the same CNN made robust by a few epochs of L-inf PGD training (done here, seeded);
+- with --resnet, also a CIFAR-sized ResNet-18 (random init: a timing case) on random
+  32x32 images labelled by its own predictions, L-inf eps 4/255, default and bf16
+  (512 images, 100 steps, 5000 queries: meant for a GPU; --resnet-size sets a smaller
+  case for a CPU).
 
-    python benchmarks/bench_eval.py [--device cpu|cuda] [--quick] [--repeats N] [--out benchmarks/results]
+    python benchmarks/bench_eval.py [--device cpu|cuda] [--quick] [--resnet] [--resnet-size N STEPS QUERIES]
+                                    [--repeats N] [--out benchmarks/results]
 
 The work is advx.bench.eval_timing (what `advx bench --eval` prints). Times are medians of
 --repeats runs (default 1: an evaluation is long). Writes <out>/eval-<device>-<date>.json and .md."""
@@ -22,7 +27,24 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import run_meta, write_results  # noqa: E402
 
-from advx.bench import EVAL_EPS, eval_profile, eval_timing, format_eval_table, format_profile_table  # noqa: E402
+from advx.bench import (EVAL_EPS, eval_profile, eval_timing, format_eval_table, format_profile_table,  # noqa: E402
+                        model_eval_timing)
+
+
+def resnet_rows(device: str, size, batch_size: int, repeats: int) -> list[dict]:
+    """The CIFAR-sized ResNet-18 case: random init, seeded random images it labels itself
+    (all clean-correct), so the time is the attacks' alone; ``size``: (images, steps,
+    queries)."""
+    from bench_attacks import resnet18_cifar
+
+    torch.manual_seed(0)
+    model = resnet18_cifar().to(device).eval()
+    n, steps, queries = size
+    x = torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(0)).to(device)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    return model_eval_timing("CIFAR ResNet-18 (random init)", model, x, y, 4 / 255, steps=steps, queries=queries,
+                             device=device, batch_size=batch_size, repeats=repeats)
 
 
 def main(argv=None) -> int:
@@ -32,6 +54,9 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=256, help="evaluate's working batch (default 256)")
+    p.add_argument("--resnet", action="store_true", help="also the CIFAR-sized ResNet-18 case (for a GPU)")
+    p.add_argument("--resnet-size", type=int, nargs=3, metavar=("IMAGES", "STEPS", "QUERIES"),
+                   help="the ResNet case's size (implies --resnet; default 512 100 5000, --quick 32 5 50)")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     args = p.parse_args(argv)
     if args.threads:
@@ -41,6 +66,9 @@ def main(argv=None) -> int:
     except ImportError:
         p.error("torchattacks 3.5.1 is needed for the comparison (make install puts it in .venv)")
     rows = eval_timing(args.device, quick=args.quick, repeats=args.repeats, batch_size=args.batch_size)
+    if args.resnet or args.resnet_size:
+        size = args.resnet_size or ((32, 5, 50) if args.quick else (512, 100, 5000))
+        rows += resnet_rows(args.device, size, args.batch_size, args.repeats)
     profile = eval_profile(args.device, quick=args.quick, batch_size=args.batch_size)
     meta = run_meta(args.device, eps=EVAL_EPS, norm="linf", repeats=args.repeats, quick=args.quick,
                     batch_size=args.batch_size)

@@ -10,12 +10,13 @@
 #   tests     the whole pytest suite, CUDA included, junit XML into OUTDIR
 #   sanitize  tools/cuda_sanitize_driver.py under compute-sanitizer memcheck,
 #             racecheck, synccheck and initcheck (each its own timeout)
-#   bench     benchmarks/bench_{ops,optim,edge,attacks}.py --device cuda
+#   bench     benchmarks/bench_{ops,optim,edge,attacks}.py --device cuda, then
+#             bench_eval.py --device cuda --resnet (the evaluation against torchattacks)
 # Each step has its own timeout; a failing step does not stop the later ones. A stage
 # list without `build` still builds when python3 cannot import a CUDA build of advx
 # (so `tools/gpu_check.sh OUT sanitize bench` works on a fresh machine too).
 #
-# OUTDIR gets at most 7 files: gpu_check.log (every step's output, the summary at the
+# OUTDIR gets at most 8 files: gpu_check.log (every step's output, the summary at the
 # end), junit.xml, the benchmarks' JSON files and benchmarks.md (their markdown tables,
 # one section per file, named as the file it came from). The summary is also printed.
 #
@@ -203,6 +204,7 @@ if want bench; then
     cp benchmarks/results/edge_energy_cuda.json benchmarks/results/edge_energy_cuda.md "$BENCH"/ 2>>"$LOG"
   fi
   step bench-attacks 420 "$PY" benchmarks/bench_attacks.py --device cuda --out "$BENCH"
+  step bench-eval 480 "$PY" benchmarks/bench_eval.py --device cuda --resnet --out "$BENCH"
   shopt -s nullglob
   for f in "$BENCH"/*.json; do cp "$f" "$OUT"/; done
   MDS=("$BENCH"/*.md)

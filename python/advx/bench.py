@@ -16,7 +16,7 @@ from ._runtime import count_passes, logits_of
 from .ops.constraints import LpBall
 
 __all__ = ["sync", "median_seconds", "quick_timing", "attack_timing", "format_table", "markdown_table", "eval_timing",
-           "format_eval_table", "eval_profile", "format_profile_table"]
+           "model_eval_timing", "format_eval_table", "eval_profile", "format_profile_table"]
 
 
 def sync(device) -> None:
@@ -196,7 +196,8 @@ class _ThroughLogitsOf(torch.nn.Module):
         return logits_of(self.model, x)
 
 
-def torchattacks_cascade(ta, model, x, y, steps: int, queries: int, seed: int, batch_size: int):
+def torchattacks_cascade(ta, model, x, y, steps: int, queries: int, seed: int, batch_size: int,
+                         eps: float = EVAL_EPS):
     """torchattacks' APGD-CE, APGD-T and Square, each on the points still robust, in
     batches of ``batch_size`` (as AutoAttack's ``bs``: the same working batch as advx's
     evaluate is given): (robust accuracy, forward-backward sample-passes, forward
@@ -205,9 +206,9 @@ def torchattacks_cascade(ta, model, x, y, steps: int, queries: int, seed: int, b
     with count_passes() as passes:
         with torch.no_grad():
             robust = counted(x).argmax(1) == y
-        for atk in (ta.APGD(counted, norm="Linf", eps=EVAL_EPS, steps=steps, n_restarts=1, loss="ce", seed=seed),
-                    ta.APGDT(counted, norm="Linf", eps=EVAL_EPS, steps=steps, n_restarts=1, seed=seed),
-                    ta.Square(counted, norm="Linf", eps=EVAL_EPS, n_queries=queries, n_restarts=1, seed=seed)):
+        for atk in (ta.APGD(counted, norm="Linf", eps=eps, steps=steps, n_restarts=1, loss="ce", seed=seed),
+                    ta.APGDT(counted, norm="Linf", eps=eps, steps=steps, n_restarts=1, seed=seed),
+                    ta.Square(counted, norm="Linf", eps=eps, n_queries=queries, n_restarts=1, seed=seed)):
             for idx in robust.nonzero()[:, 0].split(batch_size):
                 adv = atk(x[idx], y[idx])
                 with torch.no_grad():
@@ -236,15 +237,11 @@ def eval_timing(device="cpu", *, quick: bool = False, repeats: int = 1, batch_si
     early exit on the digits CNN at an eps where most points fall. ``speedup_of_advx``:
     the row's time over default advx's (torchattacks, early_exit=False), or for an option
     row the same ratio, so under 1 means the option made the evaluation faster."""
-    from .attacks import APGD, APGDT, PGD, Square
+    from .attacks import PGD
     from .data import load_digits
     from .eval import evaluate
     from .models import train_digits_cnn
 
-    try:
-        import torchattacks as ta
-    except ImportError:
-        ta = None
     device = torch.device(device)
     steps, queries, n, epochs = (20, 200, 100, 1) if quick else (100, 5000, 450, 3)
     split = load_digits()
@@ -253,45 +250,62 @@ def eval_timing(device="cpu", *, quick: bool = False, repeats: int = 1, batch_si
     models = {"digits CNN": plain,
               f"digits CNN, PGD-trained ({epochs} epochs)": robust_training(
                   plain, split.train_images, split.train_labels, epochs=epochs, device=device)}
-    size = f"{n} images, {steps} steps, {queries} queries"
     rows = []
-
-    def advx_row(case, setting, impl, attacks, eps, **kwargs):
-        t, ev = timed(lambda: evaluate(attacks[0].model, (x, y), eps, attacks=attacks, progress=False,
-                                       batch_size=batch_size, **kwargs), device, repeats)
-        row = {"case": case, "size": setting, "impl": impl, "seconds": t, "clean_accuracy": ev.clean_accuracy,
-               "robust_accuracy": ev.robust_accuracy, "after_attack": ev.after_attack,
-               "forward_backward": ev.stats["forward_backward"], "forward": ev.stats["forward"],
-               "seconds_per_attack": ev.stats["seconds_per_attack"], "speedup_of_advx": 1.0}
-        rows.append(row)
-        return row
-
     for name, model in models.items():
-        def cascade():
-            return [APGD(model, EVAL_EPS, steps=steps, seed=0), APGDT(model, EVAL_EPS, steps=steps, seed=0),
-                    Square(model, EVAL_EPS, queries=queries, seed=0)]
-
-        ours = advx_row(name, size, "advx.eval.evaluate", cascade(), EVAL_EPS)
-        off = advx_row(name, size, "advx.eval.evaluate, early_exit=False", cascade(), EVAL_EPS, early_exit=False)
-        off["speedup_of_advx"] = off["seconds"] / ours["seconds"]
+        options = [{}, {"early_exit": False}]
         if model is plain:  # each cheaper-pass option alone: its share of the speed-up (ratio < 1: it helps)
-            options = [{"amp": "bf16"}, {"channels_last": True}] + ([] if quick else [{"compile": True}])
-            for option in options:
-                (key, value), = option.items()
-                row = advx_row(name, size, f"advx.eval.evaluate, {key}={value!r}", cascade(), EVAL_EPS, **option)
-                row["speedup_of_advx"] = row["seconds"] / ours["seconds"]
-        if ta is not None:
-            t_ta, (acc, fb, fw) = timed(lambda: torchattacks_cascade(ta, model, x, y, steps, queries, 0, batch_size),
-                                        device, repeats)
-            rows.append({"case": name, "size": size, "impl": "torchattacks 3.5.1 cascade", "seconds": t_ta,
-                         "robust_accuracy": acc, "forward_backward": fb, "forward": fw,
-                         "speedup_of_advx": t_ta / ours["seconds"]})
+            options += [{"amp": "bf16"}, {"channels_last": True}] + ([] if quick else [{"compile": True}])
+        rows += model_eval_timing(name, model, x, y, EVAL_EPS, steps=steps, queries=queries, device=device,
+                                  batch_size=batch_size, options=options, repeats=repeats)
     pgd_eps, pgd_steps = 0.2, (20 if quick else 100)
     setting = f"{n} images, PGD-{pgd_steps}, eps {pgd_eps}"
-    on = advx_row("digits CNN", setting, "advx.eval.evaluate", [PGD(plain, pgd_eps, steps=pgd_steps, seed=0)], pgd_eps)
-    off = advx_row("digits CNN", setting, "advx.eval.evaluate, early_exit=False",
-                   [PGD(plain, pgd_eps, steps=pgd_steps, seed=0)], pgd_eps, early_exit=False)
-    off["speedup_of_advx"] = off["seconds"] / on["seconds"]
+    for early_exit in (True, False):
+        t, ev = timed(lambda: evaluate(plain, (x, y), pgd_eps, attacks=[PGD(plain, pgd_eps, steps=pgd_steps, seed=0)],
+                                       progress=False, batch_size=batch_size, early_exit=early_exit), device, repeats)
+        rows.append(_evaluate_row("digits CNN", setting, "" if early_exit else "early_exit=False", t, ev,
+                                  1.0 if early_exit else t / rows[-1]["seconds"]))
+    return rows
+
+
+def _evaluate_row(case: str, size: str, option: str, seconds: float, ev, speedup: float) -> dict:
+    return {"case": case, "size": size, "impl": "advx.eval.evaluate" + (f", {option}" if option else ""),
+            "seconds": seconds, "clean_accuracy": ev.clean_accuracy, "robust_accuracy": ev.robust_accuracy,
+            "after_attack": ev.after_attack, "forward_backward": ev.stats["forward_backward"],
+            "forward": ev.stats["forward"], "seconds_per_attack": ev.stats["seconds_per_attack"],
+            "speedup_of_advx": speedup}
+
+
+def model_eval_timing(case: str, model, x, y, eps: float, *, steps: int, queries: int, device="cpu",
+                      batch_size: int = 256, options=({}, {"amp": "bf16"}), repeats: int = 1) -> list[dict]:
+    """Rows as :func:`eval_timing`'s for any model and data (L-inf ``eps``): advx's
+    evaluate with each of ``options`` (keyword arguments of evaluate; ``{}``: the
+    default) and torchattacks' cascade (when importable) in batches of ``batch_size``,
+    same run. ``speedup_of_advx``: torchattacks' time over the default's, or an option
+    row's time over the default's."""
+    from .attacks import APGD, APGDT, Square
+    from .eval import evaluate
+
+    try:
+        import torchattacks as ta
+    except ImportError:
+        ta = None
+    x, y = x.to(device), y.to(device)
+    size = f"{x.shape[0]} images, {steps} steps, {queries} queries, eps {eps:.4g}"
+    rows, default = [], None
+    for option in options:
+        attacks = [APGD(model, eps, steps=steps, seed=0), APGDT(model, eps, steps=steps, seed=0),
+                   Square(model, eps, queries=queries, seed=0)]
+        t, ev = timed(lambda: evaluate(model, (x, y), eps, attacks=attacks, progress=False, batch_size=batch_size,
+                                       **option), device, repeats)
+        label = ", ".join(f"{k}={v!r}" for k, v in option.items())
+        rows.append(_evaluate_row(case, size, label, t, ev, 1.0 if default is None else t / default))
+        default = t if default is None else default
+    if ta is not None:
+        t_ta, (acc, fb, fw) = timed(lambda: torchattacks_cascade(ta, model, x, y, steps, queries, 0, batch_size, eps),
+                                    device, repeats)
+        rows.append({"case": case, "size": size, "impl": "torchattacks 3.5.1 cascade", "seconds": t_ta,
+                     "robust_accuracy": acc, "forward_backward": fb, "forward": fw,
+                     "speedup_of_advx": t_ta / default})
     return rows
 
 
