@@ -290,7 +290,7 @@ def model_eval_timing(case: str, model, x, y, eps: float, *, steps: int, queries
     except ImportError:
         ta = None
     x, y = x.to(device), y.to(device)
-    size = f"{x.shape[0]} images, {steps} steps, {queries} queries, eps {eps:.4g}"
+    size = f"{x.shape[0]} images, {steps} steps, {queries} queries"
     rows, default = [], None
     for option in options:
         attacks = [APGD(model, eps, steps=steps, seed=0), APGDT(model, eps, steps=steps, seed=0),
