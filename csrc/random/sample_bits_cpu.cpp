@@ -5,6 +5,7 @@
 
 #include <algorithm>
 
+#include "common/cpu_loops.h"
 #include "random/sample_bits_args.h"
 #include "random/sample_bits_math.h"
 
@@ -24,7 +25,7 @@ at::Tensor sample_bits_cpu(const at::Tensor& indices, const at::Tensor& draws, i
   int64_t* op = out.data_ptr<int64_t>();
   const uint32_t k = static_cast<uint32_t>(key);
   const int64_t rows = indices.size(0);
-  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(count, 1));
+  const int64_t grain = std::max<int64_t>(1, cpu::kGrain / std::max<int64_t>(count, 1));
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
       fill_row(op + b * count, random::row_hash(k, ip[b], dp[b]), count);
