@@ -43,8 +43,8 @@ def resnet_rows(device: str, size, batch_size: int, repeats: int) -> list[dict]:
     x = torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(0)).to(device)
     with torch.no_grad():
         y = model(x).argmax(1)
-    return model_eval_timing("CIFAR ResNet-18 (random init), eps 4/255", model, x, y, 4 / 255, steps=steps, queries=queries,
-                             device=device, batch_size=batch_size, repeats=repeats)
+    return model_eval_timing("CIFAR ResNet-18 (random init), eps 4/255", model, x, y, 4 / 255, steps=steps,
+                             queries=queries, device=device, batch_size=batch_size, repeats=repeats)
 
 
 def main(argv=None) -> int:

@@ -291,15 +291,15 @@ def model_eval_timing(case: str, model, x, y, eps: float, *, steps: int, queries
         ta = None
     x, y = x.to(device), y.to(device)
     size = f"{x.shape[0]} images, {steps} steps, {queries} queries"
-    rows, default = [], None
+    rows = []
     for option in options:
         attacks = [APGD(model, eps, steps=steps, seed=0), APGDT(model, eps, steps=steps, seed=0),
                    Square(model, eps, queries=queries, seed=0)]
         t, ev = timed(lambda: evaluate(model, (x, y), eps, attacks=attacks, progress=False, batch_size=batch_size,
                                        **option), device, repeats)
         label = ", ".join(f"{k}={v!r}" for k, v in option.items())
-        rows.append(_evaluate_row(case, size, label, t, ev, 1.0 if default is None else t / default))
-        default = t if default is None else default
+        rows.append(_evaluate_row(case, size, label, t, ev, t / rows[0]["seconds"] if rows else 1.0))
+    default = rows[0]["seconds"]
     if ta is not None:
         t_ta, (acc, fb, fw) = timed(lambda: torchattacks_cascade(ta, model, x, y, steps, queries, 0, batch_size, eps),
                                     device, repeats)
